@@ -1,0 +1,1 @@
+"""Faust agents: one thin module per stage, wiring topics and tables to `pipeline`."""

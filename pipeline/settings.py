@@ -1,0 +1,69 @@
+"""Settings from the environment (VIGIL_*), validated once at start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "vigil"
+
+
+class Settings(BaseSettings):
+    """Every command reads these; unset servers mean "use the embedded ones under home"."""
+
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home)
+    kafka_bootstrap: str | None = None
+    database_url: SecretStr | None = None
+    topic_prefix: str = "vigil."
+    config_dir: Path | None = None
+    web_port: int = 6066
+    partitions: int = Field(default=4, ge=1)
+
+    kafka_port: int = 39092
+    kafka_controller_port: int = 39093
+    pg_port: int = 35432
+    kafka_version: str = "4.1.1"
+
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    window_widths_s: list[int] = Field(default_factory=lambda: [10, 60])
+    grace_s: float = Field(default=5.0, ge=0)
+    max_future_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError(f"topic prefix {value!r} may only use letters, digits, '.', '_', '-'")
+        return value
+
+    @field_validator("window_widths_s")
+    @classmethod
+    def _widths_positive(cls, value: list[int]) -> list[int]:
+        if not value or any(w <= 0 for w in value):
+            raise ValueError("window widths must be positive seconds")
+        return sorted(set(value))
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a short name such as 'metrics'."""
+        return f"{self.topic_prefix}{name}"
+
+    def database_dsn(self) -> str | None:
+        return self.database_url.get_secret_value() if self.database_url else None
+
+
+def load_settings() -> Settings:
+    return Settings()
