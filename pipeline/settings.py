@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     config_dir: Path | None = None
     web_port: int = 6066
     partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
 
     kafka_port: int = 39092
     kafka_controller_port: int = 39093

@@ -1,0 +1,68 @@
+"""The only place that configures Kafka clients: admin, producer and consumer settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline.settings import Settings
+
+INPUT_TOPICS = ("metrics", "logs", "spans", "health", "events", "catalog", "feedback")
+OUTPUT_TOPICS = ("aggregates", "anomalies", "alerts", "incidents", "slo", "health-status",
+                 "remediation", "dlq")
+COMPACTED = frozenset({"catalog"})
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka settings common to every client, security options included."""
+    if settings.kafka_bootstrap is None:
+        raise ValueError("no Kafka bootstrap servers: run `vigil up` or set VIGIL_KAFKA_BOOTSTRAP")
+    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap,
+                              "security.protocol": settings.kafka_security_protocol}
+    if settings.kafka_sasl_mechanism:
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username or ""
+        config["sasl.password"] = (settings.kafka_sasl_password.get_secret_value()
+                                   if settings.kafka_sasl_password else "")
+    if settings.kafka_ssl_cafile:
+        config["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
+    return config
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    specs = []
+    for short in (*INPUT_TOPICS, *OUTPUT_TOPICS):
+        config = {"cleanup.policy": "compact"} if short in COMPACTED else {}
+        specs.append(TopicSpec(settings.topic(short), settings.partitions, config))
+    return specs
+
+
+def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Create every Vigil topic that is missing; returns the names created."""
+    admin = AdminClient(client_config(settings))
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [spec for spec in topic_specs(settings) if spec.name not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=settings.replication_factor,
+                  config=spec.config) for spec in wanted],
+        operation_timeout=timeout_s, request_timeout=timeout_s)
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result()
+            created.append(name)
+        except Exception as exc:  # a concurrent creator is fine; anything else is not
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return sorted(created)
