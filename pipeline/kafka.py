@@ -54,8 +54,9 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     if not wanted:
         return []
     futures = admin.create_topics(
-        [NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=settings.replication_factor,
-                  config=spec.config) for spec in wanted],
+        [NewTopic(spec.name, num_partitions=spec.partitions,
+                  replication_factor=settings.replication_factor, config=spec.config)
+         for spec in wanted],
         operation_timeout=timeout_s, request_timeout=timeout_s)
     created = []
     for name, future in futures.items():

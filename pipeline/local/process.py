@@ -78,9 +78,9 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, log_file:
 
 def terminate(pid: int, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> None:
     """Ask for a clean shutdown with `sig`; SIGKILL only if it hangs."""
-    for sig, wait_s in ((sig, timeout_s), (signal.SIGKILL, 5.0)):
+    for signum, wait_s in ((sig, timeout_s), (signal.SIGKILL, 5.0)):
         try:
-            os.kill(pid, sig)
+            os.kill(pid, signum)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait_s
