@@ -285,6 +285,6 @@ def _message(error: Mapping[str, Any]) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
     value = error.get("input")
-    if isinstance(value, (str, int, float, bool)) and repr(value) not in message:
+    if isinstance(value, (str, int, float, bool)):
         message += f" (got {value!r})"
     return message
