@@ -603,11 +603,7 @@ class SloState:
         magic, version, dtype, size, head, first, n = _HEADER.unpack_from(data)
         if magic != _MAGIC or version != 1:
             raise ValueError(f"not an SLO state snapshot (magic {magic!r}, version {version})")
-        state = cls.__new__(cls)
-        state.size = size
-        state.good = np.zeros(size)
-        state.total = np.zeros(size)
-        state.head = state.first = None
+        state = cls(size)  # a ring of `size` minutes, whatever window it was made for
         if n:
             packed = np.dtype("<u4" if dtype == _UINT32 else "<f8")
             planes = np.frombuffer(zlib.decompress(data[_HEADER.size :]), dtype=np.uint8)
