@@ -295,6 +295,9 @@ class AlertBook:
             alert = self._alerts.get(fp)
             if alert is None:
                 continue
+            if alert.due_ms() != due:  # postponed since armed: re-arm at the real time
+                self._schedule(alert)
+                continue
             due_now = self._advance(alert, now_ms)
             if due_now:
                 self._changed[fp] = None
