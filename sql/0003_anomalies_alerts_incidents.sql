@@ -1,0 +1,137 @@
+-- Detection results, alerts and incidents. Current state lives in plain tables keyed by
+-- identity (alerts, incidents: upsert); history lives in time-series tables whose unique
+-- keys make a replayed event a no-op (INSERT ... ON CONFLICT DO NOTHING). Event volumes are
+-- small, so these partition by week: daily partitions would only multiply tiny tables.
+
+SELECT vigil_create_timeseries(
+    table_name  => 'anomalies',
+    time_column => 'detected_at',
+    columns     => $cols$
+        detected_at          timestamptz NOT NULL,
+        anomaly_id           text NOT NULL,
+        service              text NOT NULL,
+        metric_name          text NOT NULL,
+        labels               jsonb NOT NULL DEFAULT '{}',
+        type                 text NOT NULL CHECK (type IN ('LATENCY_SPIKE', 'THROUGHPUT_DROP',
+                                                           'ERROR_RATE_INCREASE', 'SATURATION',
+                                                           'OTHER')),
+        severity             text NOT NULL,
+        current_value        double precision,
+        expected_value       double precision,
+        deviation_percentage double precision,
+        confidence_score     double precision,
+        detector             text,
+        context              jsonb NOT NULL DEFAULT '{}',
+        CONSTRAINT anomalies_key UNIQUE (anomaly_id, detected_at)
+    $cols$,
+    chunk          => interval '7 days',
+    indexes        => ARRAY['service, detected_at DESC'],
+    segment_by     => 'service',
+    order_by       => 'detected_at DESC, anomaly_id',
+    compress_after => interval '14 days',
+    retain_for     => interval '400 days'
+);
+COMMENT ON COLUMN anomalies.anomaly_id IS
+    'Deterministic (derived from series and window), so a replayed detection maps to the same row.';
+COMMENT ON COLUMN anomalies.context IS 'recent_deployments, correlated_anomalies, model details.';
+
+CREATE TABLE alerts (
+    fingerprint text PRIMARY KEY,
+    alertname   text NOT NULL,
+    service     text,
+    severity    text,
+    status      text NOT NULL CHECK (status IN ('pending', 'firing', 'resolved')),
+    source      text NOT NULL,
+    labels      jsonb NOT NULL DEFAULT '{}',
+    annotations jsonb NOT NULL DEFAULT '{}',
+    starts_at   timestamptz NOT NULL,
+    ends_at     timestamptz,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    incident_id text,
+    suppressed  boolean NOT NULL DEFAULT false
+);
+CREATE INDEX ON alerts (service, status);
+CREATE INDEX ON alerts (incident_id) WHERE incident_id IS NOT NULL;
+COMMENT ON TABLE alerts IS 'Current state of every alert, one row per fingerprint (hash of its labels).';
+COMMENT ON COLUMN alerts.suppressed IS 'Silenced or inhibited: recorded, but not notified.';
+
+SELECT vigil_create_timeseries(
+    table_name  => 'alert_events',
+    time_column => 'ts',
+    columns     => $cols$
+        ts          timestamptz NOT NULL,
+        fingerprint text NOT NULL,
+        alertname   text NOT NULL,
+        service     text,
+        severity    text,
+        status      text NOT NULL CHECK (status IN ('pending', 'firing', 'resolved')),
+        source      text NOT NULL,
+        labels      jsonb NOT NULL DEFAULT '{}',
+        annotations jsonb NOT NULL DEFAULT '{}',
+        starts_at   timestamptz,
+        ends_at     timestamptz,
+        incident_id text,
+        suppressed  boolean NOT NULL DEFAULT false,
+        CONSTRAINT alert_events_key UNIQUE (fingerprint, status, ts)
+    $cols$,
+    chunk          => interval '7 days',
+    indexes        => ARRAY['service, alertname, ts DESC'],
+    segment_by     => 'service',
+    order_by       => 'ts DESC, fingerprint, status',
+    compress_after => interval '14 days',
+    retain_for     => interval '400 days'
+);
+COMMENT ON TABLE alert_events IS 'Every alert state transition; ts is the event time of the transition.';
+
+CREATE TABLE incidents (
+    incident_id        text PRIMARY KEY CHECK (incident_id ~ '^INC-[0-9]{4}-[0-9]{6}$'),
+    title              text NOT NULL,
+    severity           text NOT NULL,
+    priority           text NOT NULL CHECK (priority IN ('P1', 'P2', 'P3', 'P4')),
+    status             text NOT NULL CHECK (status IN ('INVESTIGATING', 'IDENTIFIED', 'MITIGATED',
+                                                       'RESOLVED')),
+    assigned_to        text,
+    services           text[] NOT NULL DEFAULT '{}',
+    root_cause_service text,
+    escalation_level   integer NOT NULL DEFAULT 1 CHECK (escalation_level BETWEEN 1 AND 4),
+    alert_fingerprints text[] NOT NULL DEFAULT '{}',
+    started_at         timestamptz,
+    opened_at          timestamptz NOT NULL,
+    acknowledged_at    timestamptz,
+    acknowledged_by    text,
+    mitigated_at       timestamptz,
+    resolved_at        timestamptz,
+    resolution         text,
+    false_positive     boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON incidents (opened_at DESC);
+CREATE INDEX ON incidents USING gin (services);
+CREATE INDEX ON incidents (status) WHERE status <> 'RESOLVED';
+COMMENT ON TABLE incidents IS 'Current state of every incident.';
+COMMENT ON COLUMN incidents.escalation_level IS '1 = L1, 2 = L2, 3 = L3, 4 = management.';
+COMMENT ON COLUMN incidents.started_at IS
+    'When the first underlying condition began (earliest alert start); opened_at - started_at is time to detect.';
+COMMENT ON COLUMN incidents.resolution IS 'How it ended: resolved, auto-remediated, false positive, ...';
+
+SELECT vigil_create_timeseries(
+    table_name  => 'incident_events',
+    time_column => 'ts',
+    columns     => $cols$
+        ts          timestamptz NOT NULL,
+        incident_id text NOT NULL,
+        event       text NOT NULL,
+        subject     text NOT NULL DEFAULT '',
+        detail      jsonb NOT NULL DEFAULT '{}',
+        CONSTRAINT incident_events_key UNIQUE (incident_id, event, subject, ts)
+    $cols$,
+    chunk          => interval '7 days',
+    indexes        => ARRAY['incident_id, ts'],
+    segment_by     => 'incident_id',
+    order_by       => 'ts DESC, event, subject',
+    compress_after => interval '14 days',
+    retain_for     => interval '400 days'
+);
+COMMENT ON TABLE incident_events IS 'Incident timeline: opened, alert_added, escalated, acknowledged, status changes, remediation, resolved.';
+COMMENT ON COLUMN incident_events.subject IS
+    'What the event is about (alert fingerprint, new status, escalation level), so two events of one kind at one instant stay distinct.';
