@@ -8,6 +8,10 @@ clears before ``for_ms`` emits one ``inactive`` transition (so a stored "pending
 closed), then is forgotten. Repeats of a firing alert emit nothing; their annotations
 replace the stored ones silently.
 
+The fingerprint covers the labels only, so two sources reporting identical labels feed
+one alert (which keeps the source it was opened with): give each source its own
+alertnames.
+
 Time is event time passed in by the caller, never the wall clock. An observation is
 presumed to hold until the next observation of the same alert, so time-driven transitions
 are stamped at the moment they fell due, whether found by :meth:`AlertBook.tick` or by a
