@@ -91,22 +91,33 @@ class MetricBatchDecoder:
         ts_spans: list[int] = []  # start, end, start, end, ... of ts_ms blocks
         value_spans: list[int] = []  # the same for values blocks
         index = 0
+        shape: re.Pattern[bytes] | None = None
+        shape_samples = 0
         while True:
             n, pos = _count(data, pos)
             if not n:
                 break
             for _ in range(n):
                 start = pos
-                pos, _ = _skip_varints(data, pos, None)
-                meta = table.series.get(data[start:pos])
-                if meta is None:
-                    meta = self._resolve(table, data[start:pos], index)
-                kind = data[pos]
-                if kind > 4 or kind & 1:
-                    raise _kind_error(data, pos, index)
                 marks = len(ts_spans), len(value_spans)
-                pos, n_ts = _skip_varints(data, pos + 1, ts_spans)
-                pos, n_values = _skip_doubles(data, pos, value_spans)
+                # Series of a message tend to share a shape: try the last one's in one match.
+                match = shape.match(data, pos) if shape is not None else None
+                if match is not None:
+                    refs_end, pos = match.end(1), match.end()
+                    ts_spans += match.span(2)
+                    value_spans += match.span(3)
+                    n_ts = n_values = shape_samples
+                else:
+                    refs_end, n_refs = _skip_varints(data, pos, None)
+                    if data[refs_end] > 4 or data[refs_end] & 1:
+                        raise _kind_error(data, refs_end, index)
+                    pos, n_ts = _skip_varints(data, refs_end + 1, ts_spans)
+                    pos, n_values = _skip_doubles(data, pos, value_spans)
+                    shape, shape_samples = _series_shape(n_refs, n_ts), n_ts
+                kind = data[refs_end]
+                meta = table.series.get(data[start:refs_end])
+                if meta is None:
+                    meta = self._resolve(table, data[start:refs_end], index)
                 if n_ts == n_values and isinstance(meta, SeriesMeta):
                     metas.append(meta)
                     kinds.append(kind >> 1)
@@ -249,6 +260,34 @@ def _skip_strings(data: bytes, pos: int) -> int:
 def _varints(n: int) -> re.Pattern[bytes]:
     """Matches n consecutive varints of at most 10 bytes, so C skips them, not Python."""
     return re.compile(rb"(?:[\x80-\xff]{0,9}[\x00-\x7f]){%d}" % n)
+
+
+@lru_cache(maxsize=512)
+def _series_shape(n_refs: int, n_samples: int) -> re.Pattern[bytes]:
+    """Matches a whole series of this shape written with one block per array.
+
+    Groups: 1 labels_refs (with its count and end), 2 the ts_ms varints, 3 the doubles.
+    """
+    varints = rb"(?:[\x80-\xff]{0,9}[\x00-\x7f])"
+    refs = re.escape(_zigzag(n_refs)) + varints + b"{%d}\x00" % n_refs if n_refs else b"\x00"
+    count = re.escape(_zigzag(n_samples))
+    if not n_samples:
+        return re.compile(b"(" + refs + b")[\x00\x02\x04]()\x00()\x00")
+    return re.compile(
+        b"(?s)(" + refs + b")[\x00\x02\x04]"
+        + count + b"(" + varints + b"{%d})\x00" % n_samples
+        + count + b"(.{%d})\x00" % (8 * n_samples)
+    )  # fmt: skip
+
+
+def _zigzag(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z >= 0x80:
+        out.append(z & 0x7F | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
 
 
 def _skip_varints(data: bytes, pos: int, spans: list[int] | None) -> tuple[int, int]:

@@ -261,3 +261,26 @@ def test_small_caches_still_decode_exactly() -> None:
     for payload, record in [(first, good_record()), (second, other), (first, good_record())]:
         batch, _ = decoder.decode(payload)
         assert_matches(batch, record)
+
+
+def test_same_shaped_series_take_the_one_match_path_exactly() -> None:
+    symbols = ["__name__", "m", "service", "a", "b", "zone", "z"]
+    shapes = [([0, 1, 2, 3], 3), ([0, 1, 2, 4], 3), ([0, 1, 2, 3, 5, 6], 3), ([0, 1, 2, 4], 0)]
+    series = [
+        {
+            "labels_refs": refs,
+            "kind": KIND_NAMES[i % 3],
+            "ts_ms": [T0 + i * 100 + j for j in range(n)],
+            "values": [float(i * j) for j in range(n)],
+        }
+        for i, (refs, n) in enumerate(shapes * 3)
+    ]
+    record = {"source": "s", "symbols": symbols, "series": series}
+    batch, errors = MetricBatchDecoder().decode(encode("MetricBatch", record))
+    assert errors == []
+    assert_matches(batch, record)
+    bad = {**series[1], "labels_refs": [0, 1, 5, 6]}  # same shape as its neighbours, no service
+    with_bad = {**record, "series": [*series[:2], bad, *series[2:]]}
+    batch, errors = MetricBatchDecoder().decode(encode("MetricBatch", with_bad))
+    assert [(e.index, e.reason) for e in errors] == [(2, "missing_service")]
+    assert_matches(batch, record)
