@@ -4,9 +4,10 @@ It follows Prometheus: a condition that holds makes an alert *pending*; once it 
 for ``for_ms`` the alert is *firing* (at once when ``for_ms`` is 0); once the condition has
 been false for ``keep_firing_for_ms`` the alert is *resolved* and forgotten, so a later
 firing starts a new episode with a new ``starts_at_ms``. A pending alert whose condition
-clears before ``for_ms`` emits one ``inactive`` transition (so a stored "pending" row is
-closed), then is forgotten. Repeats of a firing alert emit nothing; their annotations
-replace the stored ones silently.
+clears before ``for_ms`` is resolved too, without ever having fired (its episode has no
+firing transition): a stored "pending" row gets closed, and the statuses stay those of
+AlertEvent (pending, firing, resolved). Repeats of a firing alert emit nothing; their
+annotations replace the stored ones silently.
 
 The fingerprint covers the labels only, so two sources reporting identical labels feed
 one alert (which keeps the source it was opened with): give each source its own
@@ -44,7 +45,7 @@ from typing import Any, Protocol
 
 SOURCES = ("anomaly", "rule", "deadman", "slo", "health")
 REQUIRED_LABELS = ("alertname", "service", "severity")
-PENDING, FIRING, RESOLVED, INACTIVE = "pending", "firing", "resolved", "inactive"
+PENDING, FIRING, RESOLVED = "pending", "firing", "resolved"
 
 SOURCE_LABEL = "__source__"
 FINGERPRINT_LABEL = "__fingerprint__"
@@ -123,6 +124,7 @@ class Transition:
             "starts_at_ms": self.starts_at_ms,
             "ends_at_ms": self.ends_at_ms,
             "updated_at_ms": self.updated_at_ms,
+            "incident_id": None,  # the incident stage links alerts to incidents
             "suppressed": self.suppressed,
             "suppressed_by": self.suppressed_by,
         }
@@ -159,7 +161,7 @@ class Alert:
         return None
 
     def transition(self, status: str, at_ms: int) -> Transition:
-        ended = at_ms if status in (RESOLVED, INACTIVE) else None
+        ended = at_ms if status == RESOLVED else None
         return Transition(
             event_id=f"{self.fingerprint}:{self.active_at_ms}:{status}",
             fingerprint=self.fingerprint,
@@ -262,7 +264,7 @@ class AlertBook:
             alert.for_ms, alert.keep_firing_for_ms = for_ms, keep_firing_for_ms
             if alert.state == PENDING:
                 self._forget(alert)
-                out.append(alert.transition(INACTIVE, now_ms))
+                out.append(alert.transition(RESOLVED, now_ms))
             else:
                 if alert.cleared_at_ms is None:
                     alert.cleared_at_ms = now_ms

@@ -68,7 +68,6 @@ INVESTIGATING, IDENTIFIED, MITIGATED, RESOLVED = (
     "INVESTIGATING", "IDENTIFIED", "MITIGATED", "RESOLVED",
 )
 CREATED, UPDATED, ESCALATED, ACKNOWLEDGED = "CREATED", "UPDATED", "ESCALATED", "ACKNOWLEDGED"
-UNASSIGNED = "unassigned"
 MINUTE_MS = 60_000
 
 
@@ -150,7 +149,7 @@ class Incident:
     severity: str = "LOW"
     priority: str = "P4"
     status: str = INVESTIGATING
-    assigned_to: str = UNASSIGNED
+    assigned_to: str | None = None  # team of the root-cause service, if the catalog knows
     escalation_level: str = LEVELS[0]
     services: list[str] = field(default_factory=list)
     root_cause_service: str | None = None
@@ -226,7 +225,7 @@ class IncidentBook:
             if ref.firing:
                 return effects  # replayed or duplicated event
             self._set_firing(incident, ref, True)
-            self._note(incident, now_ms, "ALERT_REFIRED", f"{ref.alertname} on {service}")
+            self._note(incident, now_ms, "ALERT_REFIRED", f"{ref.alertname} on {service} [{fp}]")
             kind = UPDATED
         else:
             found = self._correlate(service, catalog, now_ms)
@@ -243,7 +242,7 @@ class IncidentBook:
             self._by_fp[fp] = incident.incident_id
             if service not in incident.services:
                 incident.services.append(service)
-            detail = f"{alert['alertname']} on {service} ({alert['severity']})"
+            detail = f"{alert['alertname']} on {service} ({alert['severity']}) [{fp}]"
             self._note(incident, now_ms, "ALERT_FIRING", detail)
             runbook = self.config.runbooks.get(alert["alertname"])
             if runbook is not None and not suppressed and fp not in incident.remediated:
@@ -360,10 +359,10 @@ class IncidentBook:
             if incident.root_cause_service is not None:
                 self._note(incident, now_ms, "ROOT_CAUSE", f"probable root cause {root}")
             incident.root_cause_service = root
-        team = catalog.team(root) or UNASSIGNED
+        team = catalog.team(root)
         if team != incident.assigned_to:
             incident.assigned_to = team
-            self._note(incident, now_ms, "ASSIGNED", f"assigned to {team}")
+            self._note(incident, now_ms, "ASSIGNED", f"assigned to {team or 'nobody'}")
 
     def _alert_resolved(self, fp: str, now_ms: int) -> list[dict[str, Any]]:
         incident_id = self._by_fp.get(fp)
@@ -374,7 +373,8 @@ class IncidentBook:
         if not ref.firing:
             return []
         self._set_firing(incident, ref, False)
-        self._note(incident, now_ms, "ALERT_RESOLVED", f"{ref.alertname} on {ref.service}")
+        message = f"{ref.alertname} on {ref.service} [{fp}]"
+        self._note(incident, now_ms, "ALERT_RESOLVED", message)
         if self._has_firing(incident):
             return [self._event(incident, UPDATED, now_ms)]
         resolution = "auto-remediated" if incident.status == MITIGATED else "alerts-resolved"
@@ -393,8 +393,8 @@ class IncidentBook:
             del self._by_fp[fp]
         return self._event(incident, RESOLVED, now_ms)
 
-    def _note(self, incident: Incident, at_ms: int, event: str, detail: str) -> None:
-        incident.timeline.append({"ts_ms": at_ms, "event": event, "detail": detail})
+    def _note(self, incident: Incident, at_ms: int, kind: str, message: str) -> None:
+        incident.timeline.append({"ts_ms": at_ms, "kind": kind, "message": message})
         excess = len(incident.timeline) - self.config.timeline_limit
         if excess > 0:
             del incident.timeline[:excess]
@@ -406,13 +406,11 @@ class IncidentBook:
         return {
             "command_id": f"{incident.incident_id}:{alert['fingerprint']}",
             "incident_id": incident.incident_id,
-            "fingerprint": alert["fingerprint"],
-            "alertname": alert["alertname"],
+            "ts_ms": now_ms,
             "service": alert["service"],
             "action": runbook.action,
             "parameters": dict(runbook.parameters),
-            "labels": dict(alert.get("labels") or {}),
-            "issued_at_ms": now_ms,
+            "alert_fingerprint": alert["fingerprint"],
         }
 
     @staticmethod
