@@ -110,6 +110,26 @@ def db_migrate() -> None:
     typer.echo("applied " + (", ".join(applied) if applied else "nothing (up to date)"))
 
 
+@app.command()
+def worker(loglevel: str = typer.Option("warn", help="crit|error|warn|info|debug")) -> None:
+    """Run the pipeline: consume, aggregate, detect, alert; serve /health and /metrics."""
+    import faust
+
+    from pipeline.app import create_app
+    from pipeline.db import connect, ensure_partitions, migrate
+
+    settings = connected_settings()
+    dsn = settings.database_dsn() or ""
+    migrate(dsn)
+    with connect(dsn) as conn:
+        ensure_partitions(conn)
+    from pipeline.kafka import create_topics
+
+    create_topics(settings)
+    vigil = create_app(settings)
+    faust.Worker(vigil.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
 def _redact(dsn: str) -> str:
     """Connection strings may carry passwords; never print them."""
     from urllib.parse import urlsplit, urlunsplit

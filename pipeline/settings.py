@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     window_widths_s: list[int] = Field(default_factory=lambda: [10, 60])
     grace_s: float = Field(default=5.0, ge=0)
     max_future_s: float = Field(default=300.0, gt=0)
+    series_idle_s: float = Field(default=900.0, gt=0)
 
     @field_validator("topic_prefix")
     @classmethod

@@ -1,0 +1,69 @@
+"""vigil.catalog → the `catalog` table (service → ServiceInfo), co-partitioned with the
+metrics topic so the aggregate stage finds its services' entries locally."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.ingest import DeadLetterBox, origin_of
+from pipeline.app import Vigil
+from pipeline.codec import CodecError, decode
+from pipeline.ingest import dead_letter
+from pipeline.selfmetrics import CONSUMED_MESSAGES
+
+
+class CatalogView:
+    """Decoded ServiceInfo by service, decoding each distinct value once."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self._decoded: dict[bytes, dict[str, Any]] = {}
+
+    def get(self, service: str) -> dict[str, Any] | None:
+        raw = self.table.get(service.encode())
+        if raw is None:
+            return None
+        info = self._decoded.get(raw)
+        if info is None:
+            if len(self._decoded) > 10_000:
+                self._decoded.clear()
+            info = self._decoded[raw] = decode("ServiceInfo", raw)
+        return info
+
+
+def register(vigil: Vigil) -> None:
+    app = vigil.app
+    table = app.Table("catalog", default=None, partitions=vigil.settings.partitions,
+                      key_type=bytes, value_type=bytes)
+    vigil.catalog = CatalogView(table)
+    topic = vigil.topic("catalog")
+
+    @app.agent(topic, name="catalog")
+    async def catalog_agent(stream: Any) -> None:
+        async for event in stream.events():
+            CONSUMED_MESSAGES.labels("catalog").inc()
+            origin = origin_of(event, vigil.settings.partitions)
+            value = event.value
+            if value is None:
+                if event.key is not None:
+                    table.pop(event.key, None)
+                continue
+            try:
+                info = decode("ServiceInfo", value)
+            except CodecError as exc:
+                await _reject(vigil, dead_letter(origin, value, "undecodable", str(exc)))
+                continue
+            if event.key != info["service"].encode():
+                await _reject(vigil, dead_letter(
+                    origin, value, "key_mismatch",
+                    f"ServiceInfo.service: {info['service']!r} does not match the key "
+                    f"{event.key!r}; the catalog is keyed by service"))
+                continue
+            table[event.key] = value
+
+
+async def _reject(vigil: Vigil, letter: dict[str, Any]) -> None:
+    box = DeadLetterBox(vigil.outbox, vigil.database)
+    box.add([letter])
+    await box.write()
+    await vigil.outbox.flush()

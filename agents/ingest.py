@@ -1,0 +1,43 @@
+"""Dead letters for every input agent: to vigil.dlq, to the dead_letters table, counted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.codec import encode
+from pipeline.ingest import Origin
+from pipeline.selfmetrics import DEAD_LETTERS
+from pipeline.sinks.kafka import Outbox
+from pipeline.sinks.timescale import DEAD_LETTERS as DEAD_LETTERS_TABLE
+from pipeline.sinks.timescale import Database
+
+
+def origin_of(event: Any, partitions: int) -> Origin:
+    message = event.message
+    return Origin(topic=message.topic, partition=message.partition, offset=message.offset,
+                  key=message.key, ts_ms=int(message.timestamp * 1000), partitions=partitions)
+
+
+class DeadLetterBox:
+    """Buffers dead letters until the owning stage's next checkpoint writes them."""
+
+    def __init__(self, outbox: Outbox, database: Database) -> None:
+        self._outbox = outbox
+        self._database = database
+        self._rows: list[dict[str, Any]] = []
+
+    def add(self, letters: Iterable[dict[str, Any]]) -> None:
+        for letter in letters:
+            self._outbox.add("dlq", letter["topic"].encode(), encode("DeadLetter", letter))
+            self._rows.append({**letter,
+                               "ts": datetime.fromtimestamp(letter["ts_ms"] / 1000, UTC)})
+            DEAD_LETTERS.labels(letter["topic"], letter["reason"]).inc()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    async def write(self) -> None:
+        rows, self._rows = self._rows, []
+        await self._database.upsert(DEAD_LETTERS_TABLE, rows)

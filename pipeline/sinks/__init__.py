@@ -1,0 +1,1 @@
+"""Edges that make results durable: the database and outbound Kafka topics."""
