@@ -1,0 +1,99 @@
+"""Range novelty: how far a point lies outside the range its series has already seen.
+
+Measured as the strongest single signal on operational metrics (DETECTION.md): it fires
+once, where a series breaks out of its range, and then stays quiet because the range has
+grown. The measure is scale-free (a fraction of the range), so one threshold fits latency,
+rates and ratios alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# A constant series has an empty range; this floor turns any later change into a large,
+# finite score instead of a division by zero.
+_REL_FLOOR = 1e-9
+_ABS_FLOOR = 1e-12
+
+
+class RangeNovelty:
+    """Novelty of a vector of features against the ranges their series has seen.
+
+    `windows` lists trailing window lengths in points. A trailing window of `w` points keeps
+    the extremes of `blocks` blocks of `w // blocks` points plus the block being filled, so
+    it spans between `w` and `w + w // blocks` points and costs a fixed `2 * blocks` floats
+    per feature. The whole-history range holds the blocks that have left the shortest
+    window: it is the range as it was a short window ago, so a slow ramp accumulates
+    novelty against it instead of dragging it along point by point. NaN features are
+    neither scored (they score 0) nor learned.
+
+    `score_one` gives, per feature, the largest excess beyond any of these ranges as a
+    fraction of that range's width: positive above the maximum, negative below the
+    minimum, 0 inside.
+
+    >>> nov = RangeNovelty(n_features=1, windows=(4,), blocks=2)
+    >>> for x in (1.0, 3.0, 2.0, 2.5, 1.5, 2.0):
+    ...     nov.learn_one(np.array([x]))
+    >>> nov.score_one(np.array([3.0]))  # the last four span [1.5, 2.5]; before them [1, 3]
+    array([0.5])
+    >>> nov.score_one(np.array([5.0]))  # 2.5 widths above the window, 1 above the history
+    array([2.5])
+    >>> nov.score_one(np.array([2.0]))
+    array([0.])
+    >>> nov.score_one(np.array([np.nan]))
+    array([0.])
+    """
+
+    def __init__(self, n_features: int, windows: tuple[int, ...] = (300, 3000), blocks: int = 10):
+        trailing = sorted(windows)
+        if not trailing or trailing[0] < blocks:
+            raise ValueError(f"RangeNovelty.windows {windows}: need one or more, each >= {blocks}")
+        self.blocks = blocks
+        self.block_len = [w // blocks for w in trailing]
+        self.filled = [0] * len(trailing)
+        self.block_no = [0] * len(trailing)
+        ranges = len(trailing) + 1  # the trailing windows, then the whole history
+        # Bounds are kept as [lo, -hi] so one fmin updates both; rows follow `ranges`.
+        self.blk = np.full((2, len(trailing), blocks, n_features), np.inf)
+        self.done = np.full((2, ranges, n_features), np.inf)  # completed blocks
+        self.cur = np.full((2, ranges, n_features), np.inf)  # blocks being filled
+        self._both = np.empty((2, 1, n_features))
+        # What scoring needs, refreshed by each learn: an unseen range gets bounds that no
+        # point exceeds, and a width of 1.
+        self.lo = np.full((ranges, n_features), -np.inf)
+        self.hi = np.full((ranges, n_features), np.inf)
+        self.span = np.ones((ranges, n_features))
+
+    def score_one(self, x: np.ndarray) -> np.ndarray:
+        above = np.fmax(x - self.hi, 0.0) / self.span
+        below = np.fmax(self.lo - x, 0.0) / self.span
+        # Ranges are nested (each lies inside the longer ones), so a feature is never
+        # both above one range and below another.
+        return above.max(axis=0) - below.max(axis=0)
+
+    def learn_one(self, x: np.ndarray) -> None:
+        cur = self.cur
+        both = self._both
+        both[0, 0] = x
+        np.negative(x, out=both[1, 0])
+        np.fmin(cur, both, out=cur)
+        cur[:, -1] = np.inf
+        for t, length in enumerate(self.block_len):
+            self.filled[t] += 1
+            if self.filled[t] < length:
+                continue
+            slot = self.block_no[t] % self.blocks
+            if t == 0 and self.block_no[0] >= self.blocks:
+                np.fmin(self.done[:, -1], self.blk[:, 0, slot], out=self.done[:, -1])
+            self.blk[:, t, slot] = cur[:, t]
+            self.done[:, t] = self.blk[:, t].min(axis=1)
+            cur[:, t] = np.inf
+            self.filled[t] = 0
+            self.block_no[t] += 1
+        lo, neg_hi = np.minimum(self.done, cur)
+        span = -(lo + neg_hi)
+        seen = span >= 0
+        floor = _REL_FLOOR * np.maximum(np.abs(lo), np.abs(neg_hi)) + _ABS_FLOOR
+        self.span = np.where(seen, np.maximum(span, floor), 1.0)
+        self.lo = np.where(seen, lo, -np.inf)
+        self.hi = np.where(seen, -neg_hi, np.inf)
