@@ -1,0 +1,687 @@
+"""Per-partition window aggregation: a whole SampleBatch per call, numpy throughout.
+
+State is columnar. Every series gets a *slot*; each open window (width, start) holds dense
+per-slot arrays (count, sum, increase, min, max, last, ts of last) and, for OBSERVATION
+series, the packed sketch buckets of its samples (see `sketch.pack`). A message costs a
+handful of array operations per width plus one dict lookup per series, so Python work is
+per series and per window, never per sample.
+
+Semantics (PRODUCT.md §5) and the choices this module makes where the contract is silent:
+
+- A sample is rejected, in this order of precedence, for `kind_conflict` (its series was
+  seen with another kind and is still active), `non_finite` (NaN/inf), `future` (ts_ms
+  beyond now + max_future) or `late` (its window closed for some width, judged against the
+  stream time before that sample; see `windows`). Rejected samples touch no state.
+- GAUGE `last` (kept for every kind): value with the largest ts_ms; ties go to the sample
+  that came later in input order.
+- COUNTER `increase`: each series keeps its previous sample, the one with the largest ts_ms
+  so far. A sample at or after it in event time adds (value − previous), or value on a drop
+  (a reset), to the window holding it, and becomes the previous sample. A sample *older*
+  than the previous one (out of order, yet within grace) counts in count/sum/min/max/last
+  but adds no increase: re-ordering would need every sample of the grace kept. Verdicts are
+  made sample by sample in input order, so results do not depend on how the input is cut
+  into messages, and are exact whenever each series arrives in ts_ms order.
+- A series idle for `idle_ms` of stream time is forgotten: its slot is freed, and its next
+  sample counts as the first ever seen (adds no increase). The gap rule is applied per
+  sample (a previous sample older than stream time − idle_ms is ignored), so eviction, which
+  runs in `close_due`, never changes results, only memory.
+- Sums are exact up to floating-point summation order.
+
+>>> import numpy as np
+>>> from pipeline.batch import SampleBatch, COUNTER
+>>> agg = Aggregator(widths_s=[10], grace_ms=0, max_future_ms=60_000)
+>>> batch = SampleBatch("doc", ['c{service="a"}'], ["c"], ["a"], [{"service": "a"}],
+...     np.array([COUNTER], np.int8), np.zeros(4, np.int32),
+...     np.array([1_000, 5_000, 9_000, 12_000]), np.array([10.0, 15.0, 3.0, 4.0]))
+>>> len(agg.add(batch, now_ms=12_000))
+0
+>>> [(row.count, row.increase, row.rate) for window in agg.close_due() for row in window]
+[(3, 8.0, 0.8)]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.batch import COUNTER, KIND_NAMES, OBSERVATION, SampleBatch
+from pipeline.sketch import QuantileSketch, bucket_codes, compact, grouped_quantiles, pack, unpack
+from pipeline.windows import NO_TIME, WindowClock, running_stream_time
+
+REJECT_REASONS = ("kind_conflict", "non_finite", "future", "late")
+KIND_CONFLICT, NON_FINITE, FUTURE, LATE = range(4)
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+# Columns of a window's per-slot float table. Additive ones come first so one slice adds them.
+_COUNT, _SUM, _INCREASE, _MIN, _MAX, _LAST = range(6)
+_NEUTRAL = np.array([0.0, 0.0, 0.0, math.inf, -math.inf, math.nan])
+_PENDING_LIMIT = 1 << 16  # sketch keys buffered per window before compaction
+_SNAPSHOT_MAGIC = b"VAGG1"
+_HEADER_SIZE = struct.Struct("<I")
+
+
+@dataclass(slots=True)
+class Rejected:
+    """Samples of one batch that were not aggregated, for the dead-letter topic.
+
+    `bound_ms` is the limit a `future` sample exceeded (now + max_future) or the watermark a
+    `late` sample fell behind; 0 for other reasons.
+    """
+
+    positions: np.ndarray  # int64 sample positions in the batch
+    reasons: np.ndarray  # int8 index into REJECT_REASONS
+    bound_ms: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return int(self.positions.size)
+
+    def reason_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.reasons, minlength=len(REJECT_REASONS))
+        return {name: int(n) for name, n in zip(REJECT_REASONS, counts, strict=True) if n}
+
+    def details(self, batch: SampleBatch) -> list[tuple[int, str, str]]:
+        """(position, reason, detail) per rejected sample; the detail names the sample."""
+        if not len(self):
+            return []
+        order = np.argsort(batch.series_index, kind="stable")
+        rank = np.empty(batch.sample_count, dtype=np.int64)
+        first = np.searchsorted(batch.series_index[order], batch.series_index[order])
+        rank[order] = np.arange(batch.sample_count) - first
+        out = []
+        for position, reason, bound in zip(
+            self.positions.tolist(), self.reasons.tolist(), self.bound_ms.tolist(), strict=True
+        ):
+            series = int(batch.series_index[position])
+            where = f"MetricBatch.series[{series}]"
+            sample = f"[{rank[position]}]"
+            ts = int(batch.ts_ms[position])
+            if reason == KIND_CONFLICT:
+                kind = KIND_NAMES[batch.kinds[series]]
+                text = f"{where}.kind: {kind} differs from the kind this series already has"
+            elif reason == NON_FINITE:
+                text = f"{where}.values{sample}: {batch.values[position]} not allowed"
+            elif reason == FUTURE:
+                text = f"{where}.ts_ms{sample}: {ts} is after now + max future ({bound})"
+            else:
+                text = f"{where}.ts_ms{sample}: {ts} is before the closed-window watermark {bound}"
+            detail = f"{text} (series={batch.series_ids[series]})"
+            out.append((position, REJECT_REASONS[reason], detail))
+        return out
+
+
+@dataclass(slots=True)
+class ClosedWindow:
+    """One series' aggregate over one closed window; None where the kind has no such value."""
+
+    series_id: str
+    name: str
+    service: str
+    labels: dict[str, str]
+    kind: str
+    width_s: int
+    window_start_ms: int
+    count: int
+    sum: float
+    min: float
+    max: float
+    mean: float
+    last: float
+    increase: float | None
+    rate: float | None
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+
+
+@dataclass(slots=True)
+class WindowAggregates:
+    """Every series' aggregate of one closed (width, start) window, column by column.
+
+    Columns are per row (series); increase/rate are NaN except for COUNTER rows and the
+    quantiles NaN except for OBSERVATION rows. Iterating yields `ClosedWindow` rows. `labels`
+    dicts are shared with the aggregator: do not mutate them.
+    """
+
+    width_s: int
+    window_start_ms: int
+    series_ids: list[str]
+    names: list[str]
+    services: list[str]
+    labels: list[dict[str, str]]
+    kinds: np.ndarray  # int8
+    count: np.ndarray  # int64
+    sum: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    last: np.ndarray
+    increase: np.ndarray
+    quantiles: np.ndarray  # (rows, len(QUANTILES))
+    sketch_rows: np.ndarray  # row of each sketch group
+    sketch_keys: np.ndarray  # compacted packed keys, group = row
+    sketch_counts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.series_ids)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / self.count
+
+    @property
+    def rate(self) -> np.ndarray:
+        return self.increase / self.width_s
+
+    def sketch(self, row: int) -> QuantileSketch | None:
+        """The quantile sketch of an OBSERVATION row (e.g. for latency SLIs)."""
+        if self.kinds[row] != OBSERVATION:
+            return None
+        groups, codes = unpack(self.sketch_keys)
+        lo, hi = np.searchsorted(groups, [row, row + 1])
+        return QuantileSketch.from_buckets(
+            codes[lo:hi], self.sketch_counts[lo:hi], float(self.min[row]), float(self.max[row])
+        )
+
+    def __iter__(self) -> Iterator[ClosedWindow]:
+        kinds, increase, rate = self.kinds.tolist(), self.increase.tolist(), self.rate.tolist()
+        quantiles = self.quantiles.tolist()
+        stats = zip(
+            self.count.tolist(), self.sum.tolist(), self.min.tolist(), self.max.tolist(),
+            self.mean.tolist(), self.last.tolist(), strict=True,
+        )
+        none = (None, None, None, None)
+        for i, (count, total, low, high, mean, last) in enumerate(stats):
+            kind = kinds[i]
+            counter = kind == COUNTER
+            p50, p90, p95, p99 = quantiles[i] if kind == OBSERVATION else none
+            yield ClosedWindow(
+                self.series_ids[i], self.names[i], self.services[i], self.labels[i],
+                KIND_NAMES[kind], self.width_s, self.window_start_ms, count, total, low, high,
+                mean, last, increase[i] if counter else None, rate[i] if counter else None,
+                p50, p90, p95, p99,
+            )
+
+
+@dataclass(slots=True)
+class _Window:
+    """Open window state: dense per-slot table plus buffered sketch keys."""
+
+    width_ms: int
+    start_ms: int
+    stats: np.ndarray  # (capacity, 6) float64, columns _COUNT.._LAST
+    last_ts: np.ndarray  # (capacity,) int64
+    sketch_keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    sketch_counts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    pending: list[np.ndarray] = field(default_factory=list)
+    pending_size: int = 0
+
+    @classmethod
+    def empty(cls, width_ms: int, start_ms: int, capacity: int) -> _Window:
+        return cls(width_ms, start_ms, np.tile(_NEUTRAL, (capacity, 1)),
+                   np.full(capacity, NO_TIME, dtype=np.int64))
+
+    def grow(self, capacity: int) -> None:
+        extra = capacity - self.last_ts.size
+        self.stats = np.concatenate((self.stats, np.tile(_NEUTRAL, (extra, 1))))
+        self.last_ts = np.concatenate((self.last_ts, np.full(extra, NO_TIME, dtype=np.int64)))
+
+    def update(self, slots: np.ndarray, groups: np.ndarray, last_ts: np.ndarray) -> None:
+        """Fold per-slot group results (slots unique) into the window."""
+        rows = self.stats[slots]
+        rows[:, :_MIN] += groups[:, :_MIN]
+        np.minimum(rows[:, _MIN], groups[:, _MIN], out=rows[:, _MIN])
+        np.maximum(rows[:, _MAX], groups[:, _MAX], out=rows[:, _MAX])
+        old_ts = self.last_ts[slots]
+        newer = last_ts >= old_ts
+        rows[:, _LAST] = np.where(newer, groups[:, _LAST], rows[:, _LAST])
+        self.stats[slots] = rows
+        self.last_ts[slots] = np.maximum(old_ts, last_ts)
+
+    def add_sketch_keys(self, keys: np.ndarray) -> None:
+        self.pending.append(keys)
+        self.pending_size += keys.size
+        if self.pending_size > _PENDING_LIMIT:
+            self.compact_sketches()
+
+    def compact_sketches(self) -> None:
+        if not self.pending:
+            return
+        keys = np.concatenate([self.sketch_keys, *self.pending])
+        ones = np.ones(self.pending_size, dtype=np.int64)
+        self.sketch_keys, self.sketch_counts = compact(
+            keys, np.concatenate((self.sketch_counts, ones))
+        )
+        self.pending.clear()
+        self.pending_size = 0
+
+
+class Aggregator:
+    """Window aggregation state of one partition.
+
+    `add` each decoded batch, then `close_due` to collect the windows that closed. The
+    caller keeps one Aggregator per Kafka partition and persists it with `snapshot`.
+    """
+
+    def __init__(
+        self,
+        widths_s: Sequence[int],
+        grace_ms: int,
+        max_future_ms: int,
+        idle_ms: int = 600_000,
+    ) -> None:
+        widths = sorted(set(widths_s))
+        if not widths or widths[0] <= 0:
+            raise ValueError(f"Aggregator.widths_s: {list(widths_s)} must be positive seconds")
+        if grace_ms < 0:
+            raise ValueError(f"Aggregator.grace_ms: {grace_ms} must be ≥ 0")
+        if idle_ms < widths[-1] * 1000 + grace_ms:
+            raise ValueError(
+                f"Aggregator.idle_ms: {idle_ms} must be ≥ the widest window plus grace "
+                f"({widths[-1] * 1000 + grace_ms}), so no open window holds an evicted series"
+            )
+        self.clock = WindowClock(tuple(w * 1000 for w in widths), grace_ms, max_future_ms)
+        self.idle_ms = idle_ms
+        self._slot_of: dict[str, int] = {}
+        self._info: list[tuple[str, str, str, dict[str, str]] | None] = []
+        self._meta: list[bytes | None] = []  # JSON line per slot, for snapshots
+        self._free: list[int] = []
+        capacity = 64
+        self._kind = np.full(capacity, -1, dtype=np.int8)
+        self._last_seen = np.full(capacity, NO_TIME, dtype=np.int64)
+        self._prev_ts = np.full(capacity, NO_TIME, dtype=np.int64)
+        self._prev_val = np.zeros(capacity, dtype=np.float64)
+        self._open: dict[tuple[int, int], _Window] = {}
+
+    @property
+    def widths_s(self) -> list[int]:
+        return [w // 1000 for w in self.clock.widths_ms]
+
+    @property
+    def series_count(self) -> int:
+        return len(self._slot_of)
+
+    @property
+    def open_windows(self) -> int:
+        return len(self._open)
+
+    # -- adding samples ---------------------------------------------------------------
+
+    def add(self, batch: SampleBatch, now_ms: int) -> Rejected:
+        """Aggregate the acceptable samples of `batch`; return the others with reasons."""
+        ts, values, series_index = batch.ts_ms, batch.values, batch.series_index
+        if ts.size == 0:
+            return _no_rejects()
+        slots = self._slots(batch)
+        kind_ok = self._kind[slots] == batch.kinds
+        clock = self.clock
+        finite = np.isfinite(values)
+        future_limit = now_ms + clock.max_future_ms
+        in_time = ts <= future_limit
+        eligible = finite & in_time
+        if not kind_ok.all():
+            eligible &= kind_ok[series_index]
+        before = running_stream_time(clock.stream_time_ms, ts, eligible)
+        # Nothing is late if every ts is past the watermark of the batch's final stream time,
+        # the highest any sample is judged against.
+        final = max(int(before[-1]), int(ts[-1]) if eligible[-1] else NO_TIME)
+        if int(ts.min()) >= clock.late_watermark(final):
+            on_time = np.ones(ts.size, dtype=bool)
+        else:
+            on_time = ts >= clock.late_watermark(before)
+        accepted = eligible & on_time
+        take: slice | np.ndarray = slice(None)
+        if accepted.all():
+            rejected = _no_rejects()
+        else:
+            rejected = _rejections(
+                ~kind_ok[series_index], ~finite, ~in_time, ~on_time, future_limit,
+                lambda positions: clock.late_watermark(before[positions]),
+            )
+            take = np.flatnonzero(accepted)
+            if take.size == 0:
+                return rejected
+        slot = slots[series_index[take]]
+        kind = batch.kinds[series_index[take]]
+        self._fold(slot, kind, ts[take], values[take], before[take])
+        return rejected
+
+    def _slots(self, batch: SampleBatch) -> np.ndarray:
+        """Slot of each series of the batch, registering series not seen before."""
+        get = self._slot_of.get
+        slots = [get(sid, -1) for sid in batch.series_ids]
+        if -1 in slots:
+            for i, slot in enumerate(slots):
+                if slot == -1:
+                    slots[i] = get(batch.series_ids[i], -1)
+                    if slots[i] == -1:
+                        slots[i] = self._register(batch, i)
+        return np.array(slots, dtype=np.int64)
+
+    def _register(self, batch: SampleBatch, i: int) -> int:
+        info = (batch.series_ids[i], batch.names[i], batch.services[i], batch.labels[i])
+        if self._free:
+            slot = self._free.pop()
+            self._info[slot] = info
+            self._meta[slot] = None
+        else:
+            slot = len(self._info)
+            self._info.append(info)
+            self._meta.append(None)
+            if slot >= self._kind.size:
+                self._grow(2 * self._kind.size)
+        self._slot_of[info[0]] = slot
+        self._kind[slot] = batch.kinds[i]
+        return slot
+
+    def _grow(self, capacity: int) -> None:
+        extra = capacity - self._kind.size
+        self._kind = np.append(self._kind, np.full(extra, -1, dtype=np.int8))
+        self._last_seen = np.append(self._last_seen, np.full(extra, NO_TIME, dtype=np.int64))
+        self._prev_ts = np.append(self._prev_ts, np.full(extra, NO_TIME, dtype=np.int64))
+        self._prev_val = np.append(self._prev_val, np.zeros(extra))
+        for window in self._open.values():
+            window.grow(capacity)
+
+    def _fold(
+        self,
+        slot: np.ndarray,
+        kind: np.ndarray,
+        ts: np.ndarray,
+        values: np.ndarray,
+        before: np.ndarray,
+    ) -> None:
+        """Aggregate accepted samples (input order) into their windows."""
+        n = ts.size
+        self.clock.advance(int(ts.max()))
+        delta = np.zeros(n)
+        counters = np.flatnonzero(kind == COUNTER)
+        if counters.size:
+            delta[counters] = self._increases(
+                slot[counters], ts[counters], values[counters], before[counters]
+            )
+        # One stable sort by (slot, ts) makes every (slot, window) group contiguous for every
+        # width, with the latest sample (ties: later input) last.
+        order = np.lexsort((ts, slot))
+        slot, kind, ts = slot[order], kind[order], ts[order]
+        values, delta = values[order], delta[order]
+        slot_break = np.empty(n, dtype=bool)
+        slot_break[0] = True
+        np.not_equal(slot[1:], slot[:-1], out=slot_break[1:])
+        slot_last = np.append(np.flatnonzero(slot_break)[1:], n) - 1
+        touched = slot[slot_last]
+        self._last_seen[touched] = np.maximum(self._last_seen[touched], ts[slot_last])
+
+        observed = np.flatnonzero(kind == OBSERVATION)
+        if observed.size:
+            obs_keys = pack(slot[observed], bucket_codes(values[observed]))
+            obs_ts = ts[observed]
+        for width in self.clock.widths_ms:
+            number = ts // width
+            brk = slot_break.copy()
+            brk[1:] |= number[1:] != number[:-1]
+            starts = np.flatnonzero(brk)
+            ends = np.append(starts[1:], n) - 1
+            groups = np.empty((starts.size, 6))
+            groups[:, _COUNT] = np.diff(np.append(starts, n))
+            groups[:, _SUM] = np.add.reduceat(values, starts)
+            groups[:, _INCREASE] = np.add.reduceat(delta, starts)
+            groups[:, _MIN] = np.minimum.reduceat(values, starts)
+            groups[:, _MAX] = np.maximum.reduceat(values, starts)
+            groups[:, _LAST] = values[ends]
+            group_slot, group_number, group_ts = slot[starts], number[starts], ts[ends]
+            single = group_number.min() == group_number.max()
+            for window_number in [group_number[0]] if single else np.unique(group_number):
+                window = self._window(width, int(window_number) * width)
+                if single:
+                    window.update(group_slot, groups, group_ts)
+                    if observed.size:
+                        window.add_sketch_keys(obs_keys)
+                    continue
+                pick = np.flatnonzero(group_number == window_number)
+                window.update(group_slot[pick], groups[pick], group_ts[pick])
+                if observed.size:
+                    in_window = obs_ts // width == window_number
+                    if in_window.any():
+                        window.add_sketch_keys(obs_keys[in_window])
+
+    def _window(self, width_ms: int, start_ms: int) -> _Window:
+        window = self._open.get((width_ms, start_ms))
+        if window is None:
+            window = _Window.empty(width_ms, start_ms, self._kind.size)
+            self._open[(width_ms, start_ms)] = window
+        return window
+
+    def _increases(
+        self, slot: np.ndarray, ts: np.ndarray, values: np.ndarray, before: np.ndarray
+    ) -> np.ndarray:
+        """Counter increase each sample adds (input order), updating previous samples."""
+        order = np.argsort(slot, kind="stable")
+        slot, ts, values, before = slot[order], ts[order], values[order], before[order]
+        n = ts.size
+        group_start = np.empty(n, dtype=bool)
+        group_start[0] = True
+        np.not_equal(slot[1:], slot[:-1], out=group_start[1:])
+        group = np.cumsum(group_start) - 1
+        # In event-time order iff ts ≥ the largest earlier ts of the series (stored previous
+        # sample included): a running max per series, done in one accumulate by lifting each
+        # series into its own band of integers.
+        low = int(ts.min())
+        seed = np.maximum(self._prev_ts[slot] - low, -1) + 1  # 0: no previous sample
+        rel = ts - low + 1
+        band = int(max(rel.max(), seed.max())) + 1
+        lifted = rel + group * band
+        running = np.maximum.accumulate(lifted)
+        previous_max = np.empty(n, dtype=np.int64)
+        previous_max[0] = -1
+        previous_max[1:] = running[:-1]
+        np.maximum(previous_max, seed + group * band, out=previous_max)
+        in_order = np.flatnonzero(lifted >= previous_max)
+        out = np.zeros(n)
+        if in_order.size == 0:
+            return out
+        io_slot, io_ts, io_values = slot[in_order], ts[in_order], values[in_order]
+        first = np.empty(in_order.size, dtype=bool)
+        first[0] = True
+        np.not_equal(io_slot[1:], io_slot[:-1], out=first[1:])
+        prior_ts = np.empty(in_order.size, dtype=np.int64)
+        prior_ts[1:] = io_ts[:-1]
+        prior_values = np.empty(in_order.size)
+        prior_values[1:] = io_values[:-1]
+        first_slots = io_slot[first]
+        prior_ts[first] = self._prev_ts[first_slots]
+        prior_values[first] = self._prev_val[first_slots]
+        usable = (prior_ts != NO_TIME) & (prior_ts >= before[in_order] - self.idle_ms)
+        step = np.where(io_values >= prior_values, io_values - prior_values, io_values)
+        last = np.append(np.flatnonzero(first)[1:], in_order.size) - 1
+        self._prev_ts[io_slot[last]] = io_ts[last]
+        self._prev_val[io_slot[last]] = io_values[last]
+        out[order[in_order]] = np.where(usable, step, 0.0)
+        return out
+
+    # -- closing windows --------------------------------------------------------------
+
+    def close_due(self) -> list[WindowAggregates]:
+        """Windows whose end + grace ≤ stream time, oldest end first; each is returned once."""
+        due = [w for w in self._open.values() if self.clock.is_closed(w.start_ms, w.width_ms)]
+        due.sort(key=lambda w: (w.start_ms + w.width_ms, w.width_ms))
+        out = []
+        for window in due:
+            del self._open[(window.width_ms, window.start_ms)]
+            out.append(self._harvest(window))
+        self._evict_idle()
+        return out
+
+    def _harvest(self, window: _Window) -> WindowAggregates:
+        high = len(self._info)
+        stats = window.stats[:high]
+        rows = np.flatnonzero(stats[:, _COUNT] > 0)
+        table = stats[rows]
+        kinds = self._kind[rows]
+        increase = np.where(kinds == COUNTER, table[:, _INCREASE], math.nan)
+        quantiles = np.full((rows.size, len(QUANTILES)), math.nan)
+        window.compact_sketches()
+        groups, codes = unpack(window.sketch_keys)
+        sketch_rows = np.searchsorted(rows, groups)
+        keys = pack(sketch_rows, codes)
+        if keys.size:
+            group_rows, values = grouped_quantiles(
+                keys, window.sketch_counts, QUANTILES, table[:, _MIN], table[:, _MAX]
+            )
+            quantiles[group_rows] = values
+        info = self._info
+        series = [info[s] for s in rows.tolist()]
+        return WindowAggregates(
+            width_s=window.width_ms // 1000,
+            window_start_ms=window.start_ms,
+            series_ids=[s[0] for s in series],  # type: ignore[index]
+            names=[s[1] for s in series],  # type: ignore[index]
+            services=[s[2] for s in series],  # type: ignore[index]
+            labels=[s[3] for s in series],  # type: ignore[index]
+            kinds=kinds,
+            count=table[:, _COUNT].astype(np.int64),
+            sum=table[:, _SUM],
+            min=table[:, _MIN],
+            max=table[:, _MAX],
+            last=table[:, _LAST],
+            increase=increase,
+            quantiles=quantiles,
+            sketch_rows=sketch_rows,
+            sketch_keys=keys,
+            sketch_counts=window.sketch_counts,
+        )
+
+    def _evict_idle(self) -> None:
+        high = len(self._info)
+        cutoff = self.clock.stream_time_ms - self.idle_ms
+        live = self._kind[:high] >= 0
+        idle = np.flatnonzero(live & (self._last_seen[:high] < cutoff))
+        if idle.size == 0:
+            return
+        for slot in idle.tolist():
+            info = self._info[slot]
+            assert info is not None
+            del self._slot_of[info[0]]
+            self._info[slot] = None
+            self._meta[slot] = None
+        self._kind[idle] = -1
+        self._last_seen[idle] = NO_TIME
+        self._prev_ts[idle] = NO_TIME
+        self._prev_val[idle] = 0.0
+        self._free.extend(idle.tolist())
+
+    # -- persistence ------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The complete state as bytes: config, stream time, series, open windows."""
+        high = len(self._info)
+        live = np.flatnonzero(self._kind[:high] >= 0)
+        meta = self._meta
+        for slot in live.tolist():
+            if meta[slot] is None:
+                meta[slot] = json.dumps(self._info[slot], separators=(",", ":")).encode()
+        arrays: list[np.ndarray] = [
+            live,
+            np.frombuffer(b"\n".join(meta[s] for s in live.tolist()), dtype=np.uint8),  # type: ignore[misc]
+            self._kind[live],
+            self._last_seen[live],
+            self._prev_ts[live],
+            self._prev_val[live],
+            np.array(self._free, dtype=np.int64),
+        ]
+        windows = []
+        for window in self._open.values():
+            window.compact_sketches()
+            rows = np.flatnonzero(window.stats[:high, _COUNT] > 0)
+            arrays += [rows, window.stats[rows], window.last_ts[rows],
+                       window.sketch_keys, window.sketch_counts]
+            windows.append([window.width_ms, window.start_ms])
+        header = {
+            "widths_s": self.widths_s,
+            "grace_ms": self.clock.grace_ms,
+            "max_future_ms": self.clock.max_future_ms,
+            "idle_ms": self.idle_ms,
+            "stream_time_ms": self.clock.stream_time_ms,
+            "high": high,
+            "windows": windows,
+            "arrays": [[a.dtype.str, list(a.shape)] for a in arrays],
+        }
+        head = json.dumps(header, separators=(",", ":")).encode()
+        body = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+        return _SNAPSHOT_MAGIC + _HEADER_SIZE.pack(len(head)) + head + body
+
+    @classmethod
+    def restore(cls, data: bytes) -> Aggregator:
+        """Rebuild an Aggregator from `snapshot()` bytes, with the configuration it had."""
+        if not data.startswith(_SNAPSHOT_MAGIC):
+            raise ValueError("Aggregator.restore: not an aggregator snapshot")
+        offset = len(_SNAPSHOT_MAGIC)
+        (head_size,) = _HEADER_SIZE.unpack_from(data, offset)
+        offset += _HEADER_SIZE.size
+        header = json.loads(data[offset : offset + head_size])
+        offset += head_size
+        arrays = []
+        for dtype, shape in header["arrays"]:
+            count = math.prod(shape)
+            array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+            arrays.append(array.reshape(shape).copy())
+            offset += array.nbytes
+        agg = cls(header["widths_s"], header["grace_ms"], header["max_future_ms"],
+                  header["idle_ms"])
+        agg.clock.stream_time_ms = header["stream_time_ms"]
+        high = header["high"]
+        live, meta, kind, last_seen, prev_ts, prev_val, free = arrays[:7]
+        capacity = max(64, 1 << max(high - 1, 0).bit_length())
+        agg._grow(capacity)
+        agg._info = [None] * high
+        agg._meta = [None] * high
+        lines = meta.tobytes().split(b"\n") if live.size else []
+        for slot, line in zip(live.tolist(), lines, strict=True):
+            series_id, name, service, labels = json.loads(line)
+            agg._info[slot] = (series_id, name, service, labels)
+            agg._meta[slot] = line
+            agg._slot_of[series_id] = slot
+        agg._kind[live] = kind
+        agg._last_seen[live] = last_seen
+        agg._prev_ts[live] = prev_ts
+        agg._prev_val[live] = prev_val
+        agg._free = free.tolist()
+        rest = arrays[7:]
+        for i, (width_ms, start_ms) in enumerate(header["windows"]):
+            rows, stats, last_ts, sketch_keys, sketch_counts = rest[5 * i : 5 * i + 5]
+            window = agg._window(width_ms, start_ms)
+            window.stats[rows] = stats
+            window.last_ts[rows] = last_ts
+            window.sketch_keys, window.sketch_counts = sketch_keys, sketch_counts
+        return agg
+
+
+def _no_rejects() -> Rejected:
+    empty = np.empty(0, dtype=np.int64)
+    return Rejected(empty, np.empty(0, dtype=np.int8), empty)
+
+
+def _rejections(
+    kind_conflict: np.ndarray,
+    non_finite: np.ndarray,
+    future: np.ndarray,
+    late: np.ndarray,
+    future_limit: int,
+    late_watermark: object,
+) -> Rejected:
+    """Reason per rejected sample, the first that applies in REJECT_REASONS order."""
+    reason = np.full(late.size, -1, dtype=np.int8)
+    for code, mask in ((LATE, late), (FUTURE, future), (NON_FINITE, non_finite),
+                       (KIND_CONFLICT, kind_conflict)):
+        reason[mask] = code
+    positions = np.flatnonzero(reason >= 0)
+    reasons = reason[positions]
+    bound = np.zeros(positions.size, dtype=np.int64)
+    bound[reasons == FUTURE] = future_limit
+    is_late = reasons == LATE
+    bound[is_late] = late_watermark(positions[is_late])  # type: ignore[operator]
+    return Rejected(positions, reasons, bound)
