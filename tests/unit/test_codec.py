@@ -149,6 +149,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "correlated_anomalies": ["an-0"],
     },
     "AlertEvent": {
+        "event_id": "f00d:1700000000000:firing",
         "fingerprint": "f00d",
         "alertname": "HighLatency",
         "service": "checkout",
@@ -165,6 +166,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "suppressed_by": None,
     },
     "IncidentEvent": {
+        "event_id": "INC-2025-000001:3",
         "incident_id": "INC-2025-000001",
         "event": "ESCALATED",
         "title": "checkout latency",
@@ -172,7 +174,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "priority": "P1",
         "status": "INVESTIGATING",
         "assigned_to": "payments",
-        "escalation_level": 2,
+        "escalation_level": "L2",
         "services": ["checkout", "payments"],
         "root_cause_service": "payments",
         "alert_fingerprints": ["f00d"],
