@@ -119,9 +119,11 @@ END
 $$;
 
 -- Declares a time-series table once for both servers. `columns` is the body of CREATE TABLE;
--- its unique constraints must include time_column. `indexes` are extra index column lists.
--- segment_by / order_by are TimescaleDB compression settings: together they should cover the
--- unique key's columns, as TimescaleDB advises.
+-- its unique constraints must include time_column. `indexes` are what follows
+-- CREATE INDEX ON <table>, e.g. '(service, ts DESC)' or 'USING brin (ts)': every index slows
+-- every write, so each table names the ones its queries need. segment_by / order_by are
+-- TimescaleDB compression settings: together they should cover the unique key's columns,
+-- as TimescaleDB advises.
 CREATE FUNCTION vigil_create_timeseries(
     table_name     text,
     time_column    text,
@@ -136,7 +138,7 @@ CREATE FUNCTION vigil_create_timeseries(
 LANGUAGE plpgsql AS $$
 DECLARE
     timescale constant boolean := vigil_has_timescaledb();
-    index_columns text;
+    index_spec text;
 BEGIN
     IF timescale THEN
         EXECUTE format('CREATE TABLE %I (%s)', table_name, columns);
@@ -148,9 +150,8 @@ BEGIN
         EXECUTE format('CREATE TABLE %I PARTITION OF %I DEFAULT', table_name || '_default', table_name);
     END IF;
 
-    EXECUTE format('CREATE INDEX ON %I (%I DESC)', table_name, time_column);
-    FOREACH index_columns IN ARRAY indexes LOOP
-        EXECUTE format('CREATE INDEX ON %I (%s)', table_name, index_columns);
+    FOREACH index_spec IN ARRAY indexes LOOP
+        EXECUTE format('CREATE INDEX ON %I %s', table_name, index_spec);
     END LOOP;
 
     INSERT INTO vigil_timeseries VALUES (table_name, time_column, chunk, compress_after, retain_for, timescale);

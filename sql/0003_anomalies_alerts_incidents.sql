@@ -11,7 +11,10 @@ SELECT vigil_create_timeseries(
         anomaly_id           text NOT NULL,
         service              text NOT NULL,
         metric_name          text NOT NULL,
+        series_id            text,
         labels               jsonb NOT NULL DEFAULT '{}',
+        window_start         timestamptz,
+        width_s              integer,
         type                 text NOT NULL CHECK (type IN ('LATENCY_SPIKE', 'THROUGHPUT_DROP',
                                                            'ERROR_RATE_INCREASE', 'SATURATION',
                                                            'OTHER')),
@@ -20,12 +23,13 @@ SELECT vigil_create_timeseries(
         expected_value       double precision,
         deviation_percentage double precision,
         confidence_score     double precision,
+        anomaly_score        double precision,
         detector             text,
         context              jsonb NOT NULL DEFAULT '{}',
         CONSTRAINT anomalies_key UNIQUE (anomaly_id, detected_at)
     $cols$,
     chunk          => interval '7 days',
-    indexes        => ARRAY['service, detected_at DESC'],
+    indexes        => ARRAY['(detected_at DESC)', '(service, detected_at DESC)'],
     segment_by     => 'service',
     order_by       => 'detected_at DESC, anomaly_id',
     compress_after => interval '14 days',
@@ -47,13 +51,15 @@ CREATE TABLE alerts (
     starts_at   timestamptz NOT NULL,
     ends_at     timestamptz,
     updated_at  timestamptz NOT NULL DEFAULT now(),
-    incident_id text,
-    suppressed  boolean NOT NULL DEFAULT false
+    incident_id   text,
+    suppressed    boolean NOT NULL DEFAULT false,
+    suppressed_by text
 );
 CREATE INDEX ON alerts (service, status);
 CREATE INDEX ON alerts (incident_id) WHERE incident_id IS NOT NULL;
 COMMENT ON TABLE alerts IS 'Current state of every alert, one row per fingerprint (hash of its labels).';
 COMMENT ON COLUMN alerts.suppressed IS 'Silenced or inhibited: recorded, but not notified.';
+COMMENT ON COLUMN alerts.suppressed_by IS 'The silence or inhibition rule responsible.';
 
 SELECT vigil_create_timeseries(
     table_name  => 'alert_events',
@@ -70,12 +76,13 @@ SELECT vigil_create_timeseries(
         annotations jsonb NOT NULL DEFAULT '{}',
         starts_at   timestamptz,
         ends_at     timestamptz,
-        incident_id text,
-        suppressed  boolean NOT NULL DEFAULT false,
+        incident_id   text,
+        suppressed    boolean NOT NULL DEFAULT false,
+        suppressed_by text,
         CONSTRAINT alert_events_key UNIQUE (fingerprint, status, ts)
     $cols$,
     chunk          => interval '7 days',
-    indexes        => ARRAY['service, alertname, ts DESC'],
+    indexes        => ARRAY['(ts DESC)', '(service, alertname, ts DESC)'],
     segment_by     => 'service',
     order_by       => 'ts DESC, fingerprint, status',
     compress_after => interval '14 days',
@@ -93,7 +100,8 @@ CREATE TABLE incidents (
     assigned_to        text,
     services           text[] NOT NULL DEFAULT '{}',
     root_cause_service text,
-    escalation_level   integer NOT NULL DEFAULT 1 CHECK (escalation_level BETWEEN 1 AND 4),
+    escalation_level   text NOT NULL DEFAULT 'L1'
+                       CHECK (escalation_level IN ('L1', 'L2', 'L3', 'MANAGEMENT')),
     alert_fingerprints text[] NOT NULL DEFAULT '{}',
     started_at         timestamptz,
     opened_at          timestamptz NOT NULL,
@@ -109,7 +117,7 @@ CREATE INDEX ON incidents (opened_at DESC);
 CREATE INDEX ON incidents USING gin (services);
 CREATE INDEX ON incidents (status) WHERE status <> 'RESOLVED';
 COMMENT ON TABLE incidents IS 'Current state of every incident.';
-COMMENT ON COLUMN incidents.escalation_level IS '1 = L1, 2 = L2, 3 = L3, 4 = management.';
+COMMENT ON COLUMN incidents.escalation_level IS 'L1 -> L2 -> L3 -> MANAGEMENT (sorts in that order).';
 COMMENT ON COLUMN incidents.started_at IS
     'When the first underlying condition began (earliest alert start); opened_at - started_at is time to detect.';
 COMMENT ON COLUMN incidents.resolution IS 'How it ended: resolved, auto-remediated, false positive, ...';
@@ -121,17 +129,17 @@ SELECT vigil_create_timeseries(
         ts          timestamptz NOT NULL,
         incident_id text NOT NULL,
         event       text NOT NULL,
-        subject     text NOT NULL DEFAULT '',
+        message     text NOT NULL DEFAULT '',
         detail      jsonb NOT NULL DEFAULT '{}',
-        CONSTRAINT incident_events_key UNIQUE (incident_id, event, subject, ts)
+        CONSTRAINT incident_events_key UNIQUE (incident_id, event, message, ts)
     $cols$,
     chunk          => interval '7 days',
-    indexes        => ARRAY['incident_id, ts'],
+    indexes        => ARRAY['(incident_id, ts)'],
     segment_by     => 'incident_id',
-    order_by       => 'ts DESC, event, subject',
+    order_by       => 'ts DESC, event, message',
     compress_after => interval '14 days',
     retain_for     => interval '400 days'
 );
-COMMENT ON TABLE incident_events IS 'Incident timeline: opened, alert_added, escalated, acknowledged, status changes, remediation, resolved.';
-COMMENT ON COLUMN incident_events.subject IS
-    'What the event is about (alert fingerprint, new status, escalation level), so two events of one kind at one instant stay distinct.';
+COMMENT ON TABLE incident_events IS 'Incident timeline, one row per entry: created, alert added, escalated, acknowledged, remediation, resolved.';
+COMMENT ON COLUMN incident_events.message IS
+    'Human-readable entry; also keeps two entries of one kind at one instant distinct.';

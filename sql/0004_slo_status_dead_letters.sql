@@ -21,7 +21,7 @@ SELECT vigil_create_timeseries(
         CONSTRAINT slo_status_key UNIQUE (slo, ts)
     $cols$,
     chunk          => interval '7 days',
-    indexes        => ARRAY['service, ts DESC'],
+    indexes        => ARRAY['(ts DESC)', '(service, ts DESC)'],
     segment_by     => 'slo',
     order_by       => 'ts DESC',
     compress_after => interval '14 days',
@@ -50,7 +50,7 @@ SELECT vigil_create_timeseries(
         CONSTRAINT dead_letters_key UNIQUE (topic, partition, "offset", reason, detail, ts)
     $cols$,
     chunk          => interval '1 day',
-    indexes        => ARRAY['reason, ts DESC'],
+    indexes        => ARRAY['(ts DESC)', '(reason, ts DESC)'],
     segment_by     => 'topic',
     order_by       => 'ts DESC, partition, "offset", reason, detail',
     compress_after => interval '3 days',

@@ -373,8 +373,9 @@ def test_history_replays_do_not_duplicate(conn: Connection):
         ("INSERT INTO alert_events (ts, fingerprint, alertname, service, status, source)"
          " VALUES (%s, 'fp1', 'HighLatency', 'checkout', 'firing', 'rule') ON CONFLICT DO NOTHING",
          (ts,)),
-        ("INSERT INTO incident_events (ts, incident_id, event, subject)"
-         " VALUES (%s, 'INC-2001-000001', 'alert_added', 'fp1') ON CONFLICT DO NOTHING", (ts,)),
+        ("INSERT INTO incident_events (ts, incident_id, event, message)"
+         " VALUES (%s, 'INC-2001-000001', 'UPDATED', 'alert fp1 added') ON CONFLICT DO NOTHING",
+         (ts,)),
         ("INSERT INTO dead_letters (ts, topic, partition, \"offset\", reason, detail, payload)"
          " VALUES (%s, 'vigil.metrics', 3, 42, 'nan', 'series[0].values[1]', '\\x00')"
          " ON CONFLICT DO NOTHING", (ts,)),
@@ -448,7 +449,8 @@ def february_incidents(conn: Connection) -> None:
     _incident(conn, "INC-2024-000001", "P1", ["pay"], started_at=t(10, 0), opened_at=t(10, 0, 5),
               acknowledged_at=t(10, 0, 15), resolved_at=t(10, 2))
     _incident(conn, "INC-2024-000002", "P2", ["pay", "db"], started_at=t(10, 1),
-              opened_at=t(10, 1, 2), acknowledged_at=t(10, 1, 32), resolved_at=t(10, 3))
+              opened_at=t(10, 1, 2), acknowledged_at=t(10, 1, 32), resolved_at=t(10, 3),
+              escalation_level="MANAGEMENT")
     _incident(conn, "INC-2024-000003", "P3", ["pay"], opened_at=t(20, 10),
               resolved_at=t(20, 10, 30))
     _incident(conn, "INC-2024-000004", "P1", ["pay"], opened_at=t(21, 10), resolved_at=t(21, 11),
