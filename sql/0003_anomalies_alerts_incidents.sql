@@ -66,6 +66,7 @@ SELECT vigil_create_timeseries(
     time_column => 'ts',
     columns     => $cols$
         ts          timestamptz NOT NULL,
+        event_id    text,
         fingerprint text NOT NULL,
         alertname   text NOT NULL,
         service     text,
@@ -89,6 +90,7 @@ SELECT vigil_create_timeseries(
     retain_for     => interval '400 days'
 );
 COMMENT ON TABLE alert_events IS 'Every alert state transition; ts is the event time of the transition.';
+COMMENT ON COLUMN alert_events.event_id IS 'The AlertEvent''s event_id on the alerts topic, to join the two.';
 
 CREATE TABLE incidents (
     incident_id        text PRIMARY KEY CHECK (incident_id ~ '^INC-[0-9]{4}-[0-9]{6}$'),
@@ -128,6 +130,7 @@ SELECT vigil_create_timeseries(
     columns     => $cols$
         ts          timestamptz NOT NULL,
         incident_id text NOT NULL,
+        event_id    text,
         event       text NOT NULL,
         message     text NOT NULL DEFAULT '',
         detail      jsonb NOT NULL DEFAULT '{}',
@@ -141,5 +144,6 @@ SELECT vigil_create_timeseries(
     retain_for     => interval '400 days'
 );
 COMMENT ON TABLE incident_events IS 'Incident timeline, one row per entry: created, alert added, escalated, acknowledged, remediation, resolved.';
+COMMENT ON COLUMN incident_events.event_id IS 'The IncidentEvent that carried this entry.';
 COMMENT ON COLUMN incident_events.message IS
     'Human-readable entry; also keeps two entries of one kind at one instant distinct.';
