@@ -177,7 +177,8 @@ def backtest_csv(in_path: Path | str, out_path: Path | str, *, width_s: float | 
                 ts_ms.append(parse_timestamp(record[cols[0]]))
                 values.append(_value(record[cols[1]]))
             except ValueError as err:
-                raise ValueError(f"{in_path}:{line}: {err}") from None
+                hint = "" if texts else " (a header row must name columns timestamp and value)"
+                raise ValueError(f"{in_path}:{line}: {err}{hint}") from None
             texts.append((record[cols[0]], record[cols[1]]))
             lines.append(line)
     scores = _score(ts_ms, values, lambda i: f"{in_path}:{lines[i]}", width_s, sensitivity,

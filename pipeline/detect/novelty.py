@@ -52,48 +52,50 @@ class RangeNovelty:
         self.block_len = [w // blocks for w in trailing]
         self.filled = [0] * len(trailing)
         self.block_no = [0] * len(trailing)
-        ranges = len(trailing) + 1  # the trailing windows, then the whole history
-        # Bounds are kept as [lo, -hi] so one fmin updates both; rows follow `ranges`.
-        self.blk = np.full((2, len(trailing), blocks, n_features), np.inf)
-        self.done = np.full((2, ranges, n_features), np.inf)  # completed blocks
-        self.cur = np.full((2, ranges, n_features), np.inf)  # blocks being filled
-        self._both = np.empty((2, 1, n_features))
-        # What scoring needs, refreshed by each learn: an unseen range gets bounds that no
-        # point exceeds, and a width of 1.
-        self.lo = np.full((ranges, n_features), -np.inf)
-        self.hi = np.full((ranges, n_features), np.inf)
-        self.span = np.ones((ranges, n_features))
+        # NaN marks "nothing seen yet": fmin/fmax skip it when learning, and it scores 0
+        # without a branch or a warning. Rows are the trailing windows, then the whole
+        # history (which has no block being filled).
+        t, ranges = len(trailing), len(trailing) + 1
+        self.blk_lo = np.full((t, blocks, n_features), np.nan)
+        self.blk_hi = np.full((t, blocks, n_features), np.nan)
+        self.cur_lo = np.full((t, n_features), np.nan)
+        self.cur_hi = np.full((t, n_features), np.nan)
+        self.lo = np.full((ranges, n_features), np.nan)
+        self.hi = np.full((ranges, n_features), np.nan)
+        self.span = np.full((ranges, n_features), np.nan)
 
     def score_one(self, x: np.ndarray) -> np.ndarray:
-        above = np.fmax(x - self.hi, 0.0) / self.span
-        below = np.fmax(self.lo - x, 0.0) / self.span
+        above = np.fmax((x - self.hi) / self.span, 0.0)
+        below = np.fmax((self.lo - x) / self.span, 0.0)
         # Ranges are nested (each lies inside the longer ones), so a feature is never
         # both above one range and below another.
         return above.max(axis=0) - below.max(axis=0)
 
     def learn_one(self, x: np.ndarray) -> None:
-        cur = self.cur
-        both = self._both
-        both[0, 0] = x
-        np.negative(x, out=both[1, 0])
-        np.fmin(cur, both, out=cur)
-        cur[:, -1] = np.inf
+        np.fmin(self.cur_lo, x, out=self.cur_lo)
+        np.fmax(self.cur_hi, x, out=self.cur_hi)
+        trailing = len(self.block_len)
+        lo, hi = self.lo, self.hi
+        np.fmin(lo[:trailing], x, out=lo[:trailing])
+        np.fmax(hi[:trailing], x, out=hi[:trailing])
         for t, length in enumerate(self.block_len):
             self.filled[t] += 1
-            if self.filled[t] < length:
-                continue
-            slot = self.block_no[t] % self.blocks
-            if t == 0 and self.block_no[0] >= self.blocks:
-                np.fmin(self.done[:, -1], self.blk[:, 0, slot], out=self.done[:, -1])
-            self.blk[:, t, slot] = cur[:, t]
-            self.done[:, t] = self.blk[:, t].min(axis=1)
-            cur[:, t] = np.inf
-            self.filled[t] = 0
-            self.block_no[t] += 1
-        lo, neg_hi = np.minimum(self.done, cur)
-        span = -(lo + neg_hi)
-        seen = span >= 0
-        floor = _REL_FLOOR * np.maximum(np.abs(lo), np.abs(neg_hi)) + _ABS_FLOOR
-        self.span = np.where(seen, np.maximum(span, floor), 1.0)
-        self.lo = np.where(seen, lo, -np.inf)
-        self.hi = np.where(seen, -neg_hi, np.inf)
+            if self.filled[t] == length:
+                self._close_block(t)
+        floor = _REL_FLOOR * np.fmax(np.abs(lo), np.abs(hi)) + _ABS_FLOOR
+        self.span = np.maximum(hi - lo, floor)
+
+    def _close_block(self, t: int) -> None:
+        slot = self.block_no[t] % self.blocks
+        if t == 0 and self.block_no[0] >= self.blocks:
+            # The block leaving the shortest window joins the whole history.
+            np.fmin(self.lo[-1], self.blk_lo[0, slot], out=self.lo[-1])
+            np.fmax(self.hi[-1], self.blk_hi[0, slot], out=self.hi[-1])
+        self.blk_lo[t, slot] = self.cur_lo[t]
+        self.blk_hi[t, slot] = self.cur_hi[t]
+        self.lo[t] = np.fmin.reduce(self.blk_lo[t], axis=0)
+        self.hi[t] = np.fmax.reduce(self.blk_hi[t], axis=0)
+        self.cur_lo[t] = np.nan
+        self.cur_hi[t] = np.nan
+        self.filled[t] = 0
+        self.block_no[t] += 1
