@@ -126,6 +126,7 @@ def worker(loglevel: str = typer.Option("warn", help="crit|error|warn|info|debug
     from pipeline.kafka import create_topics
 
     create_topics(settings)
+    settings.home.mkdir(parents=True, exist_ok=True)
     vigil = create_app(settings)
     faust.Worker(vigil.app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
