@@ -212,9 +212,12 @@ class QuantileSketch:
         return float(self.quantiles((q,))[0])
 
     def count_at_most(self, bound: float) -> int:
-        """How many values are ≤ bound, to within the bucket holding `bound` (latency SLIs)."""
+        """How many values are ≤ bound (latency SLIs): exact outside [min, max], else counted
+        up to the end of the bucket holding bound (values up to 1.5 % above it may count)."""
+        if bound >= self.max:
+            return self.count
         limit = pack(np.zeros(1, dtype=np.int64), bucket_codes(np.array([bound])))[0]
-        return int(self._counts[self._keys <= limit].sum())
+        return int(self._counts[self._keys <= limit].sum()) if bound >= self.min else 0
 
     def to_bytes(self) -> bytes:
         codes = unpack(self._keys)[1].astype(np.int32)

@@ -365,6 +365,23 @@ def test_quantiles_are_within_one_percent_of_numpy_on_the_raw_values() -> None:
     sketch = window.sketch(0)
     assert sketch is not None and sketch.count == latencies.size
     assert sketch.quantile(0.99) == row.p99
+    for bound in (0.05, 0.135, 0.3, 100.0):
+        counted = int(window.count_at_most(bound)[0])
+        assert counted == sketch.count_at_most(bound)
+        assert (latencies <= bound).sum() <= counted <= (latencies <= bound * 1.016).sum()
+
+
+def test_count_at_most_is_per_row_and_zero_for_other_kinds() -> None:
+    agg = new_aggregator()
+    agg.add(make_batch([("g", 1_000, 0.1), ("o", 1_000, 0.2), ("o", 2_000, 0.4),
+                        ("o", 3_000, 0.5), ("g", 100_000, 0.0)]), NOW)
+    window = agg.close_due()[0]
+    kinds = [row.kind for row in window]
+    assert kinds == ["GAUGE", "OBSERVATION"]
+    assert window.count_at_most(0.45).tolist() == [0, 2]
+    assert window.count_at_most(0.1).tolist() == [0, 0]
+    assert window.count_at_most(0.5).tolist() == [0, 3]
+    assert window.sketch(0) is None
 
 
 def test_idle_series_are_evicted_and_restart_from_scratch() -> None:
@@ -390,7 +407,7 @@ def test_memory_is_reused_for_a_steady_set_of_series() -> None:
         agg.add(make_batch(samples, kinds), NOW)
         rows(agg)
     assert agg.series_count <= 20
-    assert len(agg._info) <= 30  # slots of evicted series are reused
+    assert agg.slots <= 30  # slots of evicted series are reused
 
 
 def test_one_series_listed_twice_in_a_batch_is_one_series() -> None:
