@@ -7,7 +7,7 @@ from typing import Any
 
 import faust
 
-from pipeline.kafka import INPUT_TOPICS, OUTPUT_TOPICS
+from pipeline.kafka import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS, SINGLE_PARTITION
 from pipeline.settings import Settings
 from pipeline.sinks.kafka import Outbox
 from pipeline.sinks.timescale import Database
@@ -68,9 +68,9 @@ def create_app(settings: Settings) -> Vigil:
     )
     topics = {
         short: app.topic(settings.topic(short), key_type=bytes, value_type=bytes,
-                         key_serializer="raw", value_serializer="raw",
-                         partitions=settings.partitions, allow_empty=True)
-        for short in (*INPUT_TOPICS, *OUTPUT_TOPICS)
+                         key_serializer="raw", value_serializer="raw", allow_empty=True,
+                         partitions=1 if short in SINGLE_PARTITION else settings.partitions)
+        for short in (*INPUT_TOPICS, *OUTPUT_TOPICS, *INTERNAL_TOPICS)
     }
     vigil = Vigil(app, settings, topics, Database(settings.database_dsn() or ""),
                   Outbox(app, topics))

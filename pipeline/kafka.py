@@ -13,6 +13,10 @@ INPUT_TOPICS = ("metrics", "logs", "spans", "health", "events", "catalog", "feed
 OUTPUT_TOPICS = ("aggregates", "anomalies", "alerts", "incidents", "slo", "health-status",
                  "remediation", "dlq")
 COMPACTED = frozenset({"catalog"})
+INTERNAL_TOPICS = ("internal.windows", "internal.conditions", "internal.incident-feed")
+"""Between stages, keyed by service: closed windows, alert conditions; and one partition
+that sees every alert, for correlation across services."""
+SINGLE_PARTITION = frozenset({"internal.incident-feed"})
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,10 @@ def client_config(settings: Settings) -> dict[str, Any]:
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     specs = []
-    for short in (*INPUT_TOPICS, *OUTPUT_TOPICS):
+    for short in (*INPUT_TOPICS, *OUTPUT_TOPICS, *INTERNAL_TOPICS):
         config = {"cleanup.policy": "compact"} if short in COMPACTED else {}
-        specs.append(TopicSpec(settings.topic(short), settings.partitions, config))
+        partitions = 1 if short in SINGLE_PARTITION else settings.partitions
+        specs.append(TopicSpec(settings.topic(short), partitions, config))
     return specs
 
 

@@ -1,7 +1,8 @@
 """Batched, idempotent writes to TimescaleDB / PostgreSQL.
 
-Every table is written the same way: one multi-row upsert on its natural key, so replaying
-input after a crash rewrites the same rows instead of adding new ones. A write that fails
+Every table is written the same way: COPY into a temp table, then one INSERT … ON CONFLICT
+on the table's natural key, so replaying input after a crash rewrites the same rows instead
+of adding new ones. A write that fails
 for a connection reason is retried with backoff until it succeeds; the caller awaits it and
 so never acknowledges input whose results are not in the database.
 """
@@ -9,6 +10,7 @@ so never acknowledges input whose results are not in the database.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -17,6 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from pipeline.selfmetrics import DB_WRITE_FAILURES, DB_WRITE_SECONDS
 
@@ -33,19 +36,49 @@ class UpsertTable:
     key: tuple[str, ...]
     update: tuple[str, ...] | None = None
 
-    def statement(self) -> sql.Composed:
+    def stage(self) -> sql.Composed:
+        """A session temp table shaped like the target; emptied at every commit."""
+        return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) "
+                       "ON COMMIT DELETE ROWS").format(stage=self._stage, table=self._table)
+
+    def copy(self) -> sql.Composed:
+        return sql.SQL("COPY {stage} ({cols}) FROM STDIN").format(
+            stage=self._stage, cols=sql.SQL(", ").join(map(sql.Identifier, self.columns)))
+
+    def merge(self) -> sql.Composed:
         updates = self.update if self.update is not None else tuple(
             c for c in self.columns if c not in self.key)
         action = (sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
             sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates))
             if updates else sql.SQL("DO NOTHING"))
-        return sql.SQL("INSERT INTO {table} ({cols}) VALUES ({vals}) "
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        return sql.SQL("INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
                        "ON CONFLICT ({key}) {action}").format(
-            table=sql.Identifier(self.name),
-            cols=sql.SQL(", ").join(map(sql.Identifier, self.columns)),
-            vals=sql.SQL(", ").join(sql.Placeholder() * len(self.columns)),
-            key=sql.SQL(", ").join(map(sql.Identifier, self.key)),
-            action=action)
+            table=self._table, cols=cols, stage=self._stage,
+            key=sql.SQL(", ").join(map(sql.Identifier, self.key)), action=action)
+
+    @property
+    def _table(self) -> sql.Identifier:
+        return sql.Identifier(self.name)
+
+    @property
+    def _stage(self) -> sql.Identifier:
+        return sql.Identifier(f"vigil_stage_{self.name}")
+
+    def unique_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """Row tuples, the last one winning per key: one INSERT may not touch a row twice."""
+        positions = [self.columns.index(c) for c in self.key]
+        by_key: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for row in rows:
+            values = tuple(row.get(c) for c in self.columns)
+            by_key[tuple(_hashable(values[i]) for i in positions)] = values
+        return list(by_key.values())
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, Jsonb):
+        return json.dumps(value.obj, sort_keys=True)
+    return value
 
 
 METRIC_AGGREGATES = UpsertTable(
@@ -83,17 +116,19 @@ class Database:
         """Write rows in one transaction; retry on connection loss until it lands."""
         if not rows:
             return
-        params = [tuple(row.get(c) for c in table.columns) for row in rows]
-        statement = table.statement()
+        params = table.unique_rows(rows)
         backoff = 0.2
         async with self._lock:
             while True:
                 started = time.perf_counter()
                 try:
                     conn = await self._connection()
-                    async with conn.transaction():
-                        async with conn.cursor() as cursor:
-                            await cursor.executemany(statement, params)
+                    async with conn.transaction(), conn.cursor() as cursor:
+                        await cursor.execute(table.stage())
+                        async with cursor.copy(table.copy()) as copy:
+                            for values in params:
+                                await copy.write_row(values)
+                        await cursor.execute(table.merge())
                     self.healthy = True
                     DB_WRITE_SECONDS.labels(table.name).observe(time.perf_counter() - started)
                     return

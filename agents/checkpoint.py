@@ -1,0 +1,157 @@
+"""The unit of commit for every stateful stage.
+
+Each stage keeps state per input partition. Every so often — and at once when it has
+output that someone is waiting for — a stage *checkpoints* a partition: it makes that
+partition's pending outputs durable (database rows, then outbound records flushed to the
+broker), then writes a snapshot of the state, tagged with the last input offset of each
+topic it includes, to a changelog-backed Faust table, and only then acknowledges the input.
+After a crash or a rebalance the new owner restores the snapshot and skips input it
+already holds; everything after it is replayed, deterministically, into idempotent sinks.
+At-least-once delivery plus this order gives exactly-once results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pipeline.app import Vigil
+
+S = TypeVar("S")
+
+CHECKPOINT_EVERY_S = 1.0
+CHECKPOINT_EVERY_MESSAGES = 2000
+_HEADER = struct.Struct("<I")
+
+
+@dataclass
+class Partition(Generic[S]):
+    state: S
+    offsets: dict[str, int]  # per input topic: last offset the state includes
+    pending: list[Any] = field(default_factory=list)  # events to ack at the next checkpoint
+    last_checkpoint: float = field(default_factory=time.monotonic)
+
+
+class CheckpointedStage(ABC, Generic[S]):
+    """Subclasses say how to make, restore, snapshot and feed their state."""
+
+    name: str  # table name and metrics label
+
+    def __init__(self, vigil: Vigil) -> None:
+        self.vigil = vigil
+        self.settings = vigil.settings
+        self.table = vigil.app.Table(f"{self.name}-state", default=None,
+                                     partitions=vigil.settings.partitions,
+                                     key_type=bytes, value_type=bytes)
+        self.partitions: dict[int, Partition[S]] = {}
+        self.lock = asyncio.Lock()
+        self.stream: Any = None
+
+    # -- what a stage defines ------------------------------------------------------------
+
+    @abstractmethod
+    def new_state(self, partition: int) -> S: ...
+
+    @abstractmethod
+    def restore(self, blob: bytes) -> S: ...
+
+    @abstractmethod
+    def snapshot(self, state: S) -> bytes: ...
+
+    @abstractmethod
+    async def process(self, partition: int, state: S, event: Any) -> bool:
+        """Apply one input event; return True when output is waiting to be checkpointed."""
+
+    async def flush(self, partition: int, state: S) -> None:
+        """Make the partition's pending output durable (before the snapshot is written).
+        Records added to `vigil.outbox` are flushed by the caller right after."""
+
+    async def tick(self, partition: int, state: S) -> bool:
+        """Timer hook for time-driven work (e.g. alert expiry); True if output is waiting."""
+        return False
+
+    # -- the mechanism -----------------------------------------------------------------
+
+    def partition(self, number: int) -> Partition[S]:
+        """In memory, else restored from the changelog table, else new."""
+        found = self.partitions.get(number)
+        if found is None:
+            saved = self.table.get(_key(number))
+            if saved is None:
+                found = Partition(self.new_state(number), {})
+            else:
+                (size,) = _HEADER.unpack_from(saved)
+                offsets = json.loads(saved[_HEADER.size:_HEADER.size + size])
+                found = Partition(self.restore(saved[_HEADER.size + size:]), offsets)
+            self.partitions[number] = found
+        return found
+
+    async def on_event(self, event: Any) -> None:
+        async with self.lock:
+            message = event.message
+            part = self.partition(message.partition)
+            part.pending.append(event)
+            if message.offset <= part.offsets.get(message.topic, -1):
+                return  # already inside the restored snapshot
+            due = await self.process(message.partition, part.state, event)
+            part.offsets[message.topic] = message.offset
+            if (due or len(part.pending) >= CHECKPOINT_EVERY_MESSAGES
+                    or time.monotonic() - part.last_checkpoint >= CHECKPOINT_EVERY_S):
+                await self._checkpoint(message.partition, part)
+
+    async def on_timer(self) -> None:
+        """Run `tick` for every partition and checkpoint those that went quiet."""
+        async with self.lock:
+            now = time.monotonic()
+            for number, part in list(self.partitions.items()):
+                due = await self.tick(number, part.state)
+                if due or (part.pending and now - part.last_checkpoint >= CHECKPOINT_EVERY_S):
+                    await self._checkpoint(number, part)
+
+    async def _checkpoint(self, number: int, part: Partition[S]) -> None:
+        await self.flush(number, part.state)
+        await self.vigil.outbox.flush()
+        offsets = json.dumps(part.offsets).encode()
+        blob = _HEADER.pack(len(offsets)) + offsets + self.snapshot(part.state)
+        self.table.data[_key(number)] = blob
+        self.table.send_changelog(number, _key(number), blob)
+        for event in part.pending:
+            await self.stream.ack(event)
+        part.pending = []
+        part.last_checkpoint = time.monotonic()
+
+    def forget(self, revoked: set[int]) -> None:
+        """Revoked partitions: their next owner restores them from the changelog."""
+        for number in revoked:
+            self.partitions.pop(number, None)
+
+    def register(self, channel: Any, topics: set[str], timer_s: float = 0.5) -> None:
+        """Wire the stage: an agent with manual acks, a timer, rebalance handling."""
+        app = self.vigil.app
+
+        async def agent(stream: Any) -> None:
+            self.stream = stream.noack()
+            async for event in self.stream.events():
+                await self.on_event(event)
+
+        app.agent(channel, name=self.name)(agent)
+
+        async def timer() -> None:
+            if self.stream is not None:
+                await self.on_timer()
+
+        app.timer(timer_s, name=f"{self.name}-timer")(timer)
+
+        async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+            self.forget({tp.partition for tp in revoked if tp.topic in topics})
+
+        app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+
+def _key(partition: int) -> bytes:
+    return f"p{partition}".encode()
