@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,9 @@ from pipeline.kafka import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS, SINGLE_
 from pipeline.settings import Settings
 from pipeline.sinks.kafka import Outbox
 from pipeline.sinks.timescale import Database
+
+STAGES = ("catalog", "metrics", "web")
+"""Agent modules in `agents/`, each with `register(vigil)`; order is registration order."""
 
 
 @dataclass
@@ -75,9 +79,6 @@ def create_app(settings: Settings) -> Vigil:
     vigil = Vigil(app, settings, topics, Database(settings.database_dsn() or ""),
                   Outbox(app, topics))
 
-    from agents import catalog, metrics, web
-
-    catalog.register(vigil)
-    metrics.register(vigil)
-    web.register(vigil)
+    for stage in STAGES:
+        importlib.import_module(f"agents.{stage}").register(vigil)
     return vigil

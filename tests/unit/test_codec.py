@@ -148,6 +148,17 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "recent_deployments": [{"ts_ms": T0 - 60_000, "kind": "DEPLOYMENT", "description": "v2"}],
         "correlated_anomalies": ["an-0"],
     },
+    "AlertCondition": {
+        "labels": {"alertname": "HighLatency", "service": "checkout", "severity": "warning"},
+        "annotations": {"summary": "p99 above 0.5 s"},
+        "source": "rule",
+        "active": True,
+        "pulse": False,
+        "ts_ms": T0,
+        "for_ms": 60_000,
+        "keep_firing_for_ms": 0,
+    },
+    "InternalMessage": {"kind": "AlertCondition", "payload": b"\x00\x02"},
     "AlertEvent": {
         "event_id": "f00d:1700000000000:firing",
         "fingerprint": "f00d",
