@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import typer
 
@@ -129,6 +130,122 @@ def worker(loglevel: str = typer.Option("warn", help="crit|error|warn|info|debug
     settings.home.mkdir(parents=True, exist_ok=True)
     vigil = create_app(settings)
     faust.Worker(vigil.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+@app.command()
+def tail(topic: str = typer.Argument(..., help="Short name (alerts) or full topic name."),
+         from_beginning: bool = typer.Option(False, "--from-beginning"),
+         limit: int = typer.Option(0, help="Stop after this many records (0: never)."),
+         idle_timeout: float = typer.Option(0.0, help="Stop after this long without a record "
+                                            "(seconds; 0: never).")) -> None:
+    """Print a Vigil topic as JSON lines, decoded with its Avro schema."""
+    import json
+    import time
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    from pipeline.kafka import RECORD_TYPES, client_config
+    from pipeline.tailing import to_json
+
+    settings = connected_settings()
+    short = topic.removeprefix(settings.topic_prefix)
+    if short not in RECORD_TYPES:
+        raise _fail(f"unknown topic {topic!r}; one of: {', '.join(sorted(RECORD_TYPES))}")
+    consumer = Consumer({**client_config(settings), "group.id": f"vigil-tail-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest" if from_beginning else "latest",
+                         "enable.auto.commit": False})
+    consumer.subscribe([settings.topic(short)])
+    printed, last = 0, time.monotonic()
+    try:
+        while not limit or printed < limit:
+            message = consumer.poll(0.5)
+            if message is None or message.error() is not None:
+                if idle_timeout and time.monotonic() - last > idle_timeout:
+                    break
+                continue
+            last = time.monotonic()
+            typer.echo(json.dumps(to_json(RECORD_TYPES[short], message), sort_keys=True))
+            printed += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+@app.command()
+def load(services: int = typer.Option(10, min=1), series_per_service: int = typer.Option(20, min=1),
+         rate: float = typer.Option(2000.0, help="Samples per second of event time."),
+         duration: float = typer.Option(300.0, help="Seconds of event time."),
+         speedup: float = typer.Option(0.0, help="Event seconds per wall second; 0: flat out."),
+         seed: int = typer.Option(0),
+         counter_reset_at: float = typer.Option(None, help="Reset counters after this many "
+                                                "event seconds.")) -> None:
+    """Produce a deterministic synthetic workload to the metrics topic."""
+    import time
+
+    from pipeline.kafka import client_config
+    from pipeline.producer import MetricsProducer
+    from pipeline.workload import Workload
+
+    settings = connected_settings()
+    now_ms = int(time.time() * 1000)
+    start_ms = (now_ms - int(duration * 1000)) // 60_000 * 60_000  # ends by now: none "future"
+    workload = Workload(seed=seed, services=services, series_per_service=series_per_service,
+                        samples_per_s=rate, duration_s=duration, start_ms=start_ms,
+                        counter_reset_s=counter_reset_at)
+    producer = MetricsProducer(client_config(settings), settings.topic("metrics"),
+                               source="vigil-load")
+    started = time.monotonic()
+    for chunk in workload.chunks():
+        producer.add_many(chunk.name, chunk.labels, chunk.kind, chunk.ts_ms, chunk.values)
+        if speedup > 0:
+            due = (int(chunk.ts_ms[-1]) - start_ms) / 1000 / speedup
+            ahead = due - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    producer.flush()
+    elapsed = time.monotonic() - started
+    typer.echo(f"produced {producer.samples_sent:,} samples in {producer.messages_sent:,} "
+               f"messages over {elapsed:.1f}s ({producer.samples_sent / elapsed:,.0f}/s)")
+
+
+@app.command()
+def backtest(in_csv: Path = typer.Argument(..., exists=True, dir_okay=False),
+             out_csv: Path = typer.Argument(...),
+             kind: str = typer.Option("GAUGE", help="GAUGE|COUNTER|OBSERVATION"),
+             width: float = typer.Option(None, help="Window width in seconds (default: the "
+                                         "median step between rows)."),
+             sensitivity: float = typer.Option(0.5, min=0.0, max=1.0),
+             season: float = typer.Option(86400.0, help="Season in seconds; 0 disables.")
+             ) -> None:
+    """Score a `timestamp,value` CSV with Vigil's online detector, as the worker would."""
+    from pipeline.backtest import backtest_csv
+
+    try:
+        anomalies = backtest_csv(in_csv, out_csv, width_s=width, sensitivity=sensitivity,
+                                 kind=kind.upper(), season_s=season or None)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"wrote {out_csv}: {anomalies} anomalies")
+
+
+@config_app.command("validate")
+def config_validate(config_dir: Path = typer.Argument(None, help="Default: VIGIL_CONFIG_DIR.")
+                    ) -> None:
+    """Check every config file; print each problem as file:line: field: message."""
+    from pipeline.config import load_config
+    from pipeline.configfile import ConfigError
+
+    directory = config_dir or _settings().config_dir
+    if directory is None:
+        raise _fail("no config directory: pass one or set VIGIL_CONFIG_DIR")
+    try:
+        summary = load_config(directory).summary()
+    except ConfigError as exc:
+        typer.secho(str(exc), err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"{directory}: {summary}")
 
 
 def _redact(dsn: str) -> str:

@@ -17,6 +17,16 @@ INTERNAL_TOPICS = ("internal.windows", "internal.conditions", "internal.incident
 """Between stages, keyed by service: closed windows, alert conditions; and one partition
 that sees every alert, for correlation across services."""
 SINGLE_PARTITION = frozenset({"internal.incident-feed"})
+RECORD_TYPES = {
+    "metrics": "MetricBatch", "logs": "LogBatch", "spans": "SpanBatch",
+    "health": "HealthCheckResult", "events": "ChangeEvent", "catalog": "ServiceInfo",
+    "feedback": "Feedback", "aggregates": "WindowAggregate",
+    "anomalies": "PerformanceAnomalyDetectedEvent", "alerts": "AlertEvent",
+    "incidents": "IncidentEvent", "slo": "SloStatus", "health-status": "SystemHealthStatusEvent",
+    "remediation": "RemediationCommand", "dlq": "DeadLetter",
+    **{short: "InternalMessage" for short in INTERNAL_TOPICS},
+}
+"""The Avro record type of each topic's values, by short name."""
 
 
 @dataclass(frozen=True)
