@@ -60,10 +60,16 @@ once the batch is done; a group is judged when some denominator series is presen
 (numerator series absent count as 0; x/0 is +Inf and 0/0 NaN, as in PromQL, and NaN never
 holds). A series whose kind lacks the field (e.g. `increase` of a GAUGE) is skipped.
 
-Conditions are reported while they hold (every evaluation, refreshing annotations) and
-once when they stop holding, so traffic scales with trouble, not with series count. A key
-(series, or service for ratio and service-scope deadman rules) that holds and then goes
-quiet is reported cleared after `STALE_MS` of stream time, like Prometheus staleness.
+An alert's labels are the series' labels (all but `__name__`; for ratio rules and
+service-scope deadman rules just `service`), then the rule's `labels`, `alertname` (the
+rule's name) and `severity`. Two rules may share a name, e.g. a warning and a critical
+threshold: their severities tell the alerts apart.
+
+Threshold conditions are reported at every evaluation while they hold (refreshing the
+annotations) and once when they stop holding, so traffic scales with trouble, not with
+series count; a holding key that goes quiet is reported cleared after `STALE_MS` of stream
+time, like Prometheus staleness. A deadman condition is reported once when a key falls
+silent and once when its data returns (or it is forgotten).
 
 `RuleSet.tick(stream_time_ms)` does the time-driven work: deadman detection, staleness,
 forgetting. Time-driven conditions are stamped with the moment they fell due (e.g. when the
@@ -75,8 +81,8 @@ with identical output. State is keyed by a digest of each rule's definition minu
 annotations: editing a runbook link keeps baselines, changing a threshold starts afresh, and
 alerts still held by a rule that no longer exists are cleared by the next `tick`.
 
->>> rules = RuleSet([ThresholdRule(kind="ThresholdRule", name="Slow",
-...     selector=parse_selector("latency"), field="p99", op=">", value=0.5)])
+>>> rules = RuleSet([ThresholdRule(name="Slow", selector=parse_selector("latency"),
+...     field="p99", op=">", value=0.5)])
 >>> row = ClosedWindow("latency{service=\\"api\\"}", "latency", "api", {"service": "api"},
 ...     "OBSERVATION", 10, 0, 5, 4.0, 0.1, 1.5, 0.8, 0.2, None, None, 0.5, 1.0, 1.2, 1.4)
 >>> [c.active for c in rules.evaluate([row], now_ms=15_000)]
@@ -460,6 +466,12 @@ class Condition:
         return book.observe(self.labels, self.annotations, self.source, self.active,
                             self.now_ms, self.for_ms, self.keep_firing_for_ms)
 
+    def to_record(self) -> dict[str, Any]:
+        """As an `AlertCondition` record (schemas/AlertCondition.avsc)."""
+        return {"labels": self.labels, "annotations": self.annotations, "source": self.source,
+                "active": self.active, "pulse": False, "ts_ms": self.now_ms,
+                "for_ms": self.for_ms, "keep_firing_for_ms": self.keep_firing_for_ms}
+
 
 class _Timeline:
     """Keys due at given times; each key is due at most once (moving it drops the old time)."""
@@ -730,7 +742,9 @@ class _DynamicEvaluator(_ValueEvaluator):
 class _DeadmanEvaluator(_Evaluator):
     """Last window seen per key; due when the `windows`-th window after it has closed.
 
-    `seen[key]` = [base labels, last window start, missed windows reported (0: quiet)].
+    `seen[key]` = [base labels, last window start, 1 if firing else 0]. A firing key is
+    reported once, not once per missing window: a long outage of many services would
+    otherwise flood the alert stage with repeats that change nothing.
     """
 
     source = "deadman"
@@ -763,11 +777,12 @@ class _DeadmanEvaluator(_Evaluator):
                 out.append(self._condition(gone.labels, {}, False, now_ms))
 
     def _next_due(self, entry: list[Any]) -> int:
-        """Close of the next window worth reporting, or when the key is forgotten."""
-        last, reported = entry[1], entry[2]
-        missed = max(reported + 1, self.rule.windows)
-        fire = last + (missed + 1) * self.width_ms + self.grace_ms
-        return min(fire, last + self.width_ms + self.rule.forget_after)
+        """When the key starts firing, or (once firing) when it is forgotten."""
+        last, firing = entry[1], entry[2]
+        forget = last + self.width_ms + self.rule.forget_after
+        if firing:
+            return forget
+        return min(last + (self.rule.windows + 1) * self.width_ms + self.grace_ms, forget)
 
     def tick(self, stream_time_ms: int, out: _Out) -> None:
         rule, width = self.rule, self.width_ms
@@ -781,11 +796,11 @@ class _DeadmanEvaluator(_Evaluator):
                     if gone is not None:
                         out.append(self._condition(gone.labels, {}, False, now))
                     continue
-                entry[2] = (now - self.grace_ms - entry[1]) // width - 1
-                active = self.active.get(key)
-                labels = active.labels if active else self._labels(entry[0])
+                entry[2] = 1
+                labels = self._labels(entry[0])
                 self.active[key] = _Active(labels, now)
-                values = {"service": labels["service"], "value": entry[2] * self.width_s,
+                silent_s = ((now - self.grace_ms - entry[1]) // width - 1) * self.width_s
+                values = {"service": labels["service"], "value": silent_s,
                           "threshold": rule.windows * self.width_s, "name": rule.name}
                 out.append(self._condition(labels, self._render(labels, values), True, now))
                 self._due.set(key, self._next_due(entry))
@@ -795,8 +810,8 @@ class _DeadmanEvaluator(_Evaluator):
 
     def restore(self, data: Mapping[str, Any]) -> None:
         super().restore(data)
-        self.seen = {k: [dict(labels), int(last), int(reported)]
-                     for k, (labels, last, reported) in data["seen"].items()}
+        self.seen = {k: [dict(labels), int(last), int(firing)]
+                     for k, (labels, last, firing) in data["seen"].items()}
         for key, entry in self.seen.items():
             self._due.set(key, self._next_due(entry))
 

@@ -18,11 +18,13 @@ import pipeline.rules
 from pipeline import ROOT
 from pipeline.aggregate import ClosedWindow
 from pipeline.alerts import AlertBook
+from pipeline.codec import decode, encode
 from pipeline.configfile import ConfigError
 from pipeline.rules import (
     STALE_MS,
     Condition,
     DeadmanRule,
+    DynamicThresholdRule,
     RuleDocument,
     RuleSet,
     Template,
@@ -30,6 +32,7 @@ from pipeline.rules import (
     load_rules,
     parse_duration_ms,
 )
+from pipeline.selector import parse_selector
 
 S = 1000
 W = 10 * S  # the default (smallest) window width
@@ -260,27 +263,28 @@ def test_dynamic_threshold_warms_up_fires_and_clears(tmp_path: Path) -> None:
     assert active == [(10, True), (11, False)]
 
 
-@given(st.lists(st.floats(-1e3, 1e3), min_size=6, max_size=40), st.floats(-2e3, 2e3))
+@given(st.lists(st.floats(-1e3, 1e3), min_size=5, max_size=40), st.floats(-2e3, 2e3))
 @settings(max_examples=60, deadline=None)
-def test_dynamic_threshold_is_mean_plus_k_std_while_history_is_short(
+def test_dynamic_band_is_mean_plus_minus_k_std_while_history_is_short(
     history: list[float], probe: float
 ) -> None:
-    rule = pipeline.rules.DynamicThresholdRule(
-        name="D", selector=pipeline.rules.parse_selector("x"), field="last", direction="both",
-        k=2.0, history=1000, min_history=5)
+    # With a long EWMA span the first windows are weighted equally: exact mean and stddev.
+    rule = DynamicThresholdRule(
+        name="D", selector=parse_selector("x"), field="last", direction="both", k=2.0,
+        history=1000, min_history=5, annotations={"t": Template.parse("{{ threshold }}")})
     rules = RuleSet([rule])
-    for step, value in enumerate([*history, probe]):
-        out = rules.evaluate([win("x", "a", step * W, last=value)], step)
+    for step, value in enumerate(history):
+        rules.evaluate([win("x", "a", step * W, last=value)], step)
+    out = rules.evaluate([win("x", "a", len(history) * W, last=probe)], len(history))
     mean, std = float(np.mean(history)), float(np.std(history))
     upper, lower = mean + 2 * std, mean - 2 * std
-    expected = probe > upper + 1e-6 * (1 + abs(upper)) or probe < lower - 1e-6 * (1 + abs(lower))
-    borderline = min(abs(probe - upper), abs(probe - lower)) <= 1e-6 * (1 + abs(probe))
-    if not borderline:
-        assert any(c.active for c in out) == expected
-    if out and out[0].active:
-        rules_threshold = upper if probe >= mean else lower
-        assert math.isclose(float(out[0].annotations["summary"].split("threshold ")[1]
-                                  .split(")")[0]), round(rules_threshold, 4), abs_tol=1e-3)
+    tolerance = 1e-7 * (1 + abs(mean) + std)
+    active = bool(out) and out[0].active
+    if min(abs(probe - upper), abs(probe - lower)) > tolerance:
+        assert active == (probe > upper or probe < lower)
+    if active:
+        expected = upper if probe >= mean else lower
+        assert math.isclose(float(out[0].annotations["t"]), expected, abs_tol=tolerance)
 
 
 @pytest.mark.parametrize(("direction", "fires"), [
@@ -316,7 +320,7 @@ def test_dynamic_forgets_idle_series_and_ignores_replays(tmp_path: Path) -> None
 # --- deadman -------------------------------------------------------------------------------
 
 
-def test_deadman_service_scope_fires_repeats_and_recovers(tmp_path: Path) -> None:
+def test_deadman_service_scope_fires_once_and_recovers(tmp_path: Path) -> None:
     rules = load(tmp_path, DEADMAN_RULE % "service")
     for start in (0, W, 2 * W):
         rules.evaluate([win("m", "a", start), win("m2", "a", start, labels={"x": "1"}),
@@ -328,14 +332,11 @@ def test_deadman_service_scope_fires_repeats_and_recovers(tmp_path: Path) -> Non
     assert fire == Condition({"service": "a", "alertname": "NoMetrics", "severity": "critical"},
                              {"summary": "NoMetrics: no data from service a for 30s"},
                              "deadman", True, fire_at, 0, 0)
-    # b went quiet after 3*W, so it is due one window later than a.
-    again = rules.tick(fire_at + W + W // 2)
-    assert summary(again) == [("a", True, fire_at + W), ("b", True, fire_at + W)]
-    assert again[0].annotations["summary"].endswith("for 40s")
-    assert again[1].annotations["summary"].endswith("for 30s")
-    [back] = rules.evaluate([win("m2", "a", 7 * W, labels={"x": "1"})], 8 * W + GRACE)
+    # b went quiet after 3*W, so it is due one window later than a; a is not repeated.
+    assert summary(rules.tick(fire_at + 5 * W)) == [("b", True, fire_at + W)]
+    [back] = rules.evaluate([win("m2", "a", 9 * W, labels={"x": "1"})], 10 * W + GRACE)
     assert (back.active, back.labels, back.source) == (False, fire.labels, "deadman")
-    assert summary(rules.tick(8 * W + GRACE)) == [("b", True, 8 * W + GRACE)]
+    assert summary(rules.tick(13 * W + GRACE)) == [("a", True, 13 * W + GRACE)]
 
 
 def test_deadman_series_scope_names_the_silent_series(tmp_path: Path) -> None:
@@ -355,17 +356,16 @@ def test_deadman_output_does_not_depend_on_tick_frequency(tmp_path: Path) -> Non
     dense, sparse = (load(tmp_path, DEADMAN_RULE % "service") for _ in range(2))
     for rules in (dense, sparse):
         rules.evaluate([win("m", "a", 0)], W + GRACE)
-    fine = [c for t in range(0, 200 * W, 777) for c in dense.tick(t)]
-    assert fine == sparse.tick(200 * W - 1)
-    assert [c.annotations["summary"][-4:] for c in fine[:3]] == [" 30s", " 40s", " 50s"]
+    fine = [c for t in range(0, 400 * W, 777) for c in dense.tick(t)]
+    assert fine == sparse.tick(400 * W - 1)
+    assert [(c.active, c.now_ms) for c in fine] == [(True, 4 * W + GRACE), (False, W + 3_600_000)]
 
 
 def test_deadman_forgets_a_long_silent_service(tmp_path: Path) -> None:
     rules = load(tmp_path, DEADMAN_RULE % "service")
     rules.evaluate([win("m", "a", 0)], W + GRACE)
     out = rules.tick(10 * 3_600_000)
-    assert [c.active for c in out[-2:]] == [True, False]
-    assert out[-1].now_ms == W + 3_600_000
+    assert [(c.active, c.now_ms) for c in out] == [(True, 4 * W + GRACE), (False, W + 3_600_000)]
     assert rules.to_dict()["rules"].popitem()[1]["seen"] == {}
     assert rules.tick(20 * 3_600_000) == []
 
@@ -516,10 +516,10 @@ def run(rules: RuleSet, batches: list[tuple[list[ClosedWindow], int]]) -> list[C
 ALL = [RuleDocument.model_validate(doc).root for doc in yaml.safe_load_all(ALL_RULES)]
 
 
-@given(st.integers(0, 2**32 - 1), st.integers(0, 80))
-@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 60))
+@settings(max_examples=15, deadline=None)
 def test_restoring_mid_stream_gives_identical_conditions(seed: int, cut: int) -> None:
-    batches = scenario(seed, 80)
+    batches = scenario(seed, 60)
     expected = run(RuleSet(ALL, grace_ms=GRACE), batches)
     first = RuleSet(ALL, grace_ms=GRACE)
     head = run(first, batches[:cut])
@@ -527,3 +527,33 @@ def test_restoring_mid_stream_gives_identical_conditions(seed: int, cut: int) ->
     resumed = RuleSet(ALL, grace_ms=GRACE).from_dict(saved)
     assert head + run(resumed, batches[cut:]) == expected
     assert {c.labels["alertname"] for c in expected} >= {"HighLatencyP99", "NoMetrics"}
+
+
+def test_alerts_of_removed_rules_are_cleared_after_restore(tmp_path: Path) -> None:
+    rules = RuleSet(ALL, grace_ms=GRACE)
+    rules.evaluate([latency("a", 0, 9.0), requests("a", 0, "500", 5)], 15_000)
+    saved = json.loads(json.dumps(rules.to_dict()))
+    edited = [r for r in ALL if r.name != "HighLatencyP99"]
+    resumed = RuleSet(edited, grace_ms=GRACE).from_dict(saved)
+    assert json.loads(json.dumps(resumed.to_dict()))["orphans"] == [[
+        {"service": "a", "route": "/pay", "team": "payments", "alertname": "HighLatencyP99",
+         "severity": "warning"}, "rule"]]
+    cleared = resumed.tick(16_000)
+    assert [(c.labels["alertname"], c.active, c.now_ms) for c in cleared] == [
+        ("HighLatencyP99", False, 16_000)]
+    assert resumed.tick(17_000) == []
+    # The ratio rule is unchanged, so its held alert clears the ordinary way.
+    [ratio] = resumed.evaluate([requests("a", W, "200", 5)], 25_000)
+    assert (ratio.labels["alertname"], ratio.active) == ("ErrorRatioHigh", False)
+
+
+def test_state_of_another_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="rule state version 99"):
+        RuleSet(ALL).from_dict({"version": 99, "rules": {}, "orphans": []})
+
+
+def test_condition_encodes_as_an_alert_condition_record(tmp_path: Path) -> None:
+    [fire] = load(tmp_path, LATENCY_RULE).evaluate([latency("a", 0, 1.0)], 15_000)
+    record = fire.to_record()
+    assert decode("AlertCondition", encode("AlertCondition", record)) == record
+    assert (record["ts_ms"], record["pulse"], record["for_ms"]) == (15_000, False, 120_000)
