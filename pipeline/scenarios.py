@@ -47,6 +47,7 @@ REQUESTS = "http_requests_total"
 LATENCY = "http_request_duration_seconds"
 MEMORY = "process_memory_utilization"
 CPU = "process_cpu_utilization"
+LEAK_MARGIN = 0.25  # how far past its old range a leaking gauge is an incident
 
 
 @dataclass(frozen=True)
@@ -264,10 +265,11 @@ def throughput_drop(seed: int = 0, warmup_s: float = 7200.0, incident_s: float =
 
 
 def saturation_leak(seed: int = 0, warmup_s: float = 7200.0, leak_s: float = 7200.0,
-                    leak_per_h: float = 0.15) -> Scenario:
-    """inventory's memory climbs `leak_per_h` per hour from the end of warm-up. The incident
-    starts where the gauge first exceeds everything seen before the leak (a slow ramp is
-    not an anomaly while it is still inside its past range) and lasts to the end."""
+                    leak_per_h: float = 0.6) -> Scenario:
+    """inventory's memory climbs `leak_per_h` per hour from the end of warm-up: slower per
+    10 s window than the gauge's noise, so only the trend shows. The incident starts at the
+    first sample beyond everything seen before the leak by a quarter of that past range
+    (beyond the noise, not a hair over the maximum) and lasts to the end."""
     t0 = _check_warmup(warmup_s)
     end = t0 + int(leak_s * 1000)
     scenario = _scenario("saturation_leak", seed, {"inventory": Profile(memory=0.4)},
@@ -275,8 +277,9 @@ def saturation_leak(seed: int = 0, warmup_s: float = 7200.0, leak_s: float = 720
                          [Effect("inventory", t0, end, leak_per_h=leak_per_h)], [],
                          warmup_s, end)
     memory = scenario.series_of("inventory", MEMORY)
-    before = memory.ts_ms < t0
-    above = np.flatnonzero(~before & (memory.values > memory.values[before].max()))
+    past = memory.values[memory.ts_ms < t0]
+    bound = past.max() + LEAK_MARGIN * (past.max() - past.min())
+    above = np.flatnonzero((memory.ts_ms >= t0) & (memory.values > bound))
     if above.size == 0:
         raise ValueError(f"saturation_leak: leak_per_h={leak_per_h} over {leak_s}s never "
                          "leaves the past range")
