@@ -45,7 +45,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -65,6 +65,12 @@ _COUNT, _SUM, _INCREASE, _MIN, _MAX, _LAST, _LAST_TS = range(7)
 _WINDOW_COLUMNS = (
     (np.int64, 0), (np.float64, 0.0), (np.float64, 0.0), (np.float64, math.inf),
     (np.float64, -math.inf), (np.float64, math.nan), (np.int64, NO_TIME),
+)
+# Per-slot columns of the series registry: (attribute, dtype, value of a free slot).
+_SERIES_COLUMNS = (
+    ("_kind", np.int8, -1), ("_last_seen", np.int64, NO_TIME), ("_prev_ts", np.int64, NO_TIME),
+    ("_prev_val", np.float64, 0.0), ("_ids", object, None), ("_names", object, None),
+    ("_services", object, None), ("_labels", object, None), ("_meta", object, None),
 )
 _PENDING_LIMIT = 1 << 16  # sketch keys buffered per window before compaction
 _SNAPSHOT_MAGIC = b"VAGG1"
@@ -417,15 +423,9 @@ class Aggregator:
         self._kind[slot] = batch.kinds[i]
         return slot
 
-    _SERIES_COLUMNS = (
-        ("_kind", np.int8, -1), ("_last_seen", np.int64, NO_TIME), ("_prev_ts", np.int64, NO_TIME),
-        ("_prev_val", np.float64, 0.0), ("_ids", object, None), ("_names", object, None),
-        ("_services", object, None), ("_labels", object, None), ("_meta", object, None),
-    )
-
     def _grow(self, capacity: int) -> None:
         extra = capacity - self._kind.size
-        for name, dtype, fill in self._SERIES_COLUMNS:
+        for name, dtype, fill in _SERIES_COLUMNS:
             setattr(self, name, np.concatenate((getattr(self, name), _column(dtype, fill, extra))))
         for window in self._open.values():
             window.grow(capacity)
@@ -517,17 +517,16 @@ class Aggregator:
         decreases within a slot.
         """
         n = ts.size
-        group_start = np.empty(n, dtype=bool)
-        group_start[0] = True
-        np.not_equal(slot[1:], slot[:-1], out=group_start[1:])
         stored = self._prev_ts[slot]
         if ascending:
             in_order = np.flatnonzero(ts >= stored)
         else:
             # In event-time order iff ts ≥ the largest earlier ts of the series (stored
             # previous sample included): a running max per series, done in one accumulate
-            # by lifting each series into its own band of integers.
-            group = np.cumsum(group_start) - 1
+            # by lifting each series into its own band of integers (bands span the batch's
+            # time range, so even 10k series over 50 years stay far from int64 overflow).
+            group = np.zeros(n, dtype=np.int64)
+            np.cumsum(slot[1:] != slot[:-1], out=group[1:])
             low = int(ts.min())
             seed = np.maximum(stored - low, -1) + 1  # 0: no previous sample
             rel = ts - low + 1
@@ -554,7 +553,7 @@ class Aggregator:
         prior_values[first] = self._prev_val[first_slots]
         usable = (prior_ts != NO_TIME) & (prior_ts >= before[in_order] - self.idle_ms)
         step = np.where(io_values >= prior_values, io_values - prior_values, io_values)
-        last = np.append(np.flatnonzero(first)[1:], in_order.size) - 1
+        last = _ends(np.flatnonzero(first), in_order.size)
         self._prev_ts[io_slot[last]] = io_ts[last]
         self._prev_val[io_slot[last]] = io_values[last]
         out[in_order] = np.where(usable, step, 0.0)
@@ -617,7 +616,7 @@ class Aggregator:
             return
         for series_id in self._ids.take(idle).tolist():
             del self._slot_of[series_id]
-        for name, _, fill in self._SERIES_COLUMNS:
+        for name, _, fill in _SERIES_COLUMNS:
             getattr(self, name)[idle] = fill
         self._free.extend(idle.tolist())
 
@@ -627,8 +626,7 @@ class Aggregator:
         """The complete state as bytes: config, stream time, series, open windows."""
         high = self._high
         live = np.flatnonzero(self._kind[:high] >= 0)
-        fresh = live[self._meta.take(live) == None]  # noqa: E711 (elementwise)
-        for slot in fresh.tolist():
+        for slot in [s for s in live.tolist() if self._meta[s] is None]:
             entry = [self._ids[slot], self._names[slot], self._services[slot], self._labels[slot]]
             self._meta[slot] = json.dumps(entry, separators=(",", ":")).encode()
         arrays: list[np.ndarray] = [
@@ -737,7 +735,7 @@ def _rejections(
     future: np.ndarray,
     late: np.ndarray,
     future_limit: int,
-    late_watermark: object,
+    late_watermark: Callable[[np.ndarray], np.ndarray],
 ) -> Rejected:
     """Reason per rejected sample, the first that applies in REJECT_REASONS order."""
     reason = np.full(late.size, -1, dtype=np.int8)
@@ -749,5 +747,5 @@ def _rejections(
     bound = np.zeros(positions.size, dtype=np.int64)
     bound[reasons == FUTURE] = future_limit
     is_late = reasons == LATE
-    bound[is_late] = late_watermark(positions[is_late])  # type: ignore[operator]
+    bound[is_late] = late_watermark(positions[is_late])
     return Rejected(positions, reasons, bound)

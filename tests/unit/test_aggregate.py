@@ -281,6 +281,16 @@ def test_equal_timestamps_later_input_wins_across_messages() -> None:
         assert (counter.last, counter.increase) == (6.0, 8.0)  # +2, then a reset to 6
 
 
+def test_counter_order_is_judged_against_the_stored_sample_and_ties_are_in_order() -> None:
+    samples = [("c", 10_000, 5.0),
+               ("c", 9_000, 100.0), ("c", 8_000, 1.0), ("c", 11_000, 7.0),  # 2 out of order
+               ("c", 12_000, 8.0), ("c", 12_000, 9.0), ("c", 11_500, 0.0),  # a tie, in order
+               ("g", 100_000, 0.0)]
+    for messages in ([samples[:1], samples[1:]], [samples], [[s] for s in samples]):
+        got = by_key(run(new_aggregator(), messages)[0])
+        assert got[(series_id("c"), 60, 0)].increase == 4.0  # 5 → 7 → 8 → 9
+
+
 def test_a_counter_gap_longer_than_idle_restarts_even_inside_one_message() -> None:
     samples = [("c", 1_000, 5.0), ("g", 70_000, 0.0), ("c", 71_000, 9.0), ("c", 72_000, 10.0)]
     for messages in ([samples], [[s] for s in samples]):
@@ -435,3 +445,11 @@ def test_empty_batch_is_a_no_op() -> None:
     agg = new_aggregator()
     assert isinstance(agg.add(make_batch([]), NOW), Rejected)
     assert agg.series_count == 0 and agg.close_due() == []
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import pipeline.aggregate
+
+    assert doctest.testmod(pipeline.aggregate).failed == 0

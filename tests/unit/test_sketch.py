@@ -30,7 +30,7 @@ def sketch_of(values: list[float] | np.ndarray) -> QuantileSketch:
     return sketch
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(values_strategy, st.floats(min_value=0.0, max_value=1.0))
 def test_quantiles_within_one_percent_of_numpy_lower(values: list[float], q: float) -> None:
     data = np.array(values)
@@ -53,7 +53,7 @@ def test_relative_error_on_a_large_seeded_sample_is_under_alpha() -> None:
     assert sketch.quantile(0.0) == data.min() and sketch.quantile(1.0) == data.max()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(wide_values, wide_values, wide_values)
 def test_merge_is_exact_commutative_and_associative(
     a: list[float], b: list[float], c: list[float]
@@ -131,3 +131,11 @@ def test_errors_name_the_problem() -> None:
         QuantileSketch().add_many(np.array([1.0, np.nan]))
     with pytest.raises(ValueError, match="not a serialised sketch"):
         QuantileSketch.from_bytes(b"x" * 40)
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import pipeline.sketch
+
+    assert doctest.testmod(pipeline.sketch).failed == 0

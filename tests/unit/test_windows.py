@@ -49,3 +49,11 @@ def test_clock_closes_at_end_plus_grace_and_flags_future() -> None:
     assert clock.stream_time_ms == 25_000
     future = clock.future(np.array([160_000, 160_001]), now_ms=100_000)
     assert future.tolist() == [False, True]
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import pipeline.windows
+
+    assert doctest.testmod(pipeline.windows).failed == 0
