@@ -1,7 +1,11 @@
 """Decode throughput of MetricBatch: fastavro's generic reader against Vigil's decoder.
 
-Run: `PYTHONPATH=. python bench/decode.py`. Prints samples/s for the two workload shapes
-of PRODUCT.md §8 (20 series x 50 samples, and 1,000 series x 1 sample per message).
+Run: `python bench/decode.py` (after `pip install -e .`, which compiles the decoder). Prints
+samples/s for the two workload shapes of PRODUCT.md §8 (20 series x 50 samples, and 1,000
+series x 1 sample per message). "repeated" is the steady state: producers repeat their
+symbol table and series, so series come from the decoder's caches by their raw bytes.
+"churned" gives every message its own symbol table (one extra symbol shifts every ref), so
+every series is resolved again from its label strings: the decoder's slow path.
 """
 
 from __future__ import annotations
@@ -14,15 +18,15 @@ from collections.abc import Callable
 import fastavro
 
 from pipeline.codec import codec
-from pipeline.metricbatch import decode_metric_batch
+from pipeline.metricbatch import MetricBatchDecoder, decode_metric_batch
 
 SHAPES = {"standard (20 series x 50)": (20, 50), "scrape (1000 series x 1)": (1000, 1)}
 
 
-def make_batch(n_series: int, per_series: int, seed: int = 0) -> dict:
+def make_batch(n_series: int, per_series: int, seed: int = 0, churn: bool = False) -> dict:
     """A MetricBatch record shaped like real traffic: few names, many label values."""
     rng = random.Random(seed)
-    symbols: list[str] = []
+    symbols: list[str] = [f"message-{seed}"] if churn else []
     index: dict[str, int] = {}
 
     def ref(s: str) -> int:
@@ -73,15 +77,18 @@ def main() -> None:
         return fastavro.schemaless_reader(io.BytesIO(payload), schema, None)
 
     for shape, (n_series, per_series) in SHAPES.items():
-        payloads = [
-            codec("MetricBatch").encode(make_batch(n_series, per_series, s)) for s in range(50)
-        ]
         samples = n_series * per_series
+        payloads, churned = (
+            [codec("MetricBatch").encode(make_batch(n_series, per_series, s, c)) for s in range(50)]
+            for c in (False, True)
+        )
         baseline = rate(fastavro_decode, payloads, samples)
-        ours = rate(decode_metric_batch, payloads, samples)
+        repeated = rate(decode_metric_batch, payloads, samples)
+        slow = rate(MetricBatchDecoder(max_tables=1).decode, churned, samples)
         print(
-            f"{shape:28s} fastavro {baseline / 1e6:6.2f}M samples/s   "
-            f"vigil {ours / 1e6:6.2f}M samples/s   ({ours / baseline:.1f}x)"
+            f"{shape:26s} fastavro {baseline / 1e6:5.2f}M samples/s   "
+            f"vigil repeated {repeated / 1e6:6.2f}M ({repeated / baseline:4.1f}x)   "
+            f"churned {slow / 1e6:5.2f}M ({slow / baseline:4.1f}x)"
         )
 
 

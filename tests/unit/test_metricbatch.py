@@ -284,3 +284,107 @@ def test_same_shaped_series_take_the_one_match_path_exactly() -> None:
     batch, errors = MetricBatchDecoder().decode(encode("MetricBatch", with_bad))
     assert [(e.index, e.reason) for e in errors] == [(2, "missing_service")]
     assert_matches(batch, record)
+
+
+def test_refs_out_of_int_range_are_refused_by_the_schema() -> None:
+    record = good_record()
+    payload = encode("MetricBatch", record)
+    refs = zigzag(4) + zigzag(2) + zigzag(6) + zigzag(0) + zigzag(1) + b"\x00"
+    at = payload.index(refs)
+    huge = zigzag(4) + zigzag(2) + zigzag(2**31) + zigzag(0) + zigzag(1) + b"\x00"
+    with pytest.raises(
+        CodecError, match=r"^MetricBatch\.series\[1\]\.labels_refs\[1\]: 2147483648 at byte \d+ "
+    ):
+        MetricBatchDecoder().decode(payload[:at] + huge + payload[at + len(refs) :])
+
+
+def test_a_kind_written_in_more_bytes_than_needed_is_read_as_avro_says() -> None:
+    record = good_record()
+    payload = encode("MetricBatch", record)
+    cut = payload.rindex(zigzag(1) + zigzag(T0 - 5)) - 1  # the kind byte of series[1]
+    payload = payload[:cut] + bytes([payload[cut] | 0x80, 0]) + payload[cut + 1 :]
+    assert encode("MetricBatch", decode("MetricBatch", payload)) == encode("MetricBatch", record)
+    batch, errors = MetricBatchDecoder().decode(payload)
+    assert errors == [] and batch.kinds.tolist() == [0, 1]
+
+
+def test_a_payload_that_is_not_bytes_is_a_type_error() -> None:
+    for payload in (None, bytearray(encode("MetricBatch", good_record())), "text"):
+        with pytest.raises(TypeError):
+            MetricBatchDecoder().decode(payload)  # type: ignore[arg-type]
+
+
+def test_columns_are_owned_writable_arrays() -> None:
+    batch, _ = MetricBatchDecoder().decode(encode("MetricBatch", good_record()))
+    for column in (batch.kinds, batch.series_index, batch.ts_ms, batch.values):
+        assert column.flags.owndata and column.flags.writeable and column.flags.c_contiguous
+
+
+def test_a_long_rejected_series_does_not_disturb_its_neighbours() -> None:
+    """A series whose timestamps outnumber what the message could hold as samples."""
+    record = good_record()
+    long_one = {"labels_refs": [0, 1, 2, 3], "kind": "GAUGE",
+                "ts_ms": list(range(T0, T0 + 20_000)), "values": [2.5]}  # fmt: skip
+    record["series"].insert(1, long_one)
+    batch, errors = MetricBatchDecoder().decode(encode("MetricBatch", record))
+    assert [(e.index, e.reason) for e in errors] == [(1, "length_mismatch")]
+    assert errors[0].detail == "MetricBatch.series[1]: 20000 ts_ms but 1 values"
+    assert_matches(batch, {**record, "series": [record["series"][0], record["series"][2]]})
+
+
+def fuzz_seeds() -> list[bytes]:
+    record = good_record()
+    bad = {"labels_refs": [2, 3], "kind": "GAUGE", "ts_ms": [T0], "values": [1.0]}
+    with_bad = {**record, "series": [*record["series"], bad]}
+    return [
+        encode("MetricBatch", record),
+        encode("MetricBatch", with_bad),
+        encode_blocked(record, [1, 3], True),
+        encode_blocked(with_bad, [2], False),
+    ]
+
+
+def mutate(rng: np.random.Generator, payload: bytes) -> bytes:
+    data = bytearray(payload)
+    for _ in range(int(rng.integers(1, 4))):
+        at = int(rng.integers(0, len(data) + 1))
+        how = int(rng.integers(0, 5))
+        if how == 0 and at < len(data):
+            data[at] = int(rng.integers(0, 256))
+        elif how == 1 and at < len(data):
+            data[at] = int(rng.choice([0x00, 0x01, 0x02, 0x7F, 0x80, 0xFE, 0xFF]))
+        elif how == 2:
+            data[at:at] = rng.bytes(int(rng.integers(1, 5)))
+        elif how == 3:
+            del data[at : at + int(rng.integers(1, 9))]
+        else:
+            data[at:] = data[at : at + int(rng.integers(0, 3))]
+    return bytes(data)
+
+
+def test_random_mutations_are_read_exactly_or_refused_with_a_reason() -> None:
+    """20k mutated messages: what is accepted fastavro reads alike, the rest is named."""
+    rng = np.random.default_rng(20_000)
+    seeds = fuzz_seeds()
+    decoder = MetricBatchDecoder(max_tables=3, max_series=20)  # eviction under way too
+    outcomes = {"accepted": 0, "refused": 0}
+    for _ in range(20_000):
+        payload = mutate(rng, seeds[int(rng.integers(0, len(seeds)))])
+        try:
+            batch, errors = decoder.decode(payload)
+        except CodecError as exc:
+            # Refused by the codec's reader too, which names the byte (never "undecodable").
+            assert str(exc).startswith("MetricBatch") and "undecodable" not in str(exc)
+            outcomes["refused"] += 1
+            continue
+        outcomes["accepted"] += 1
+        record = decode("MetricBatch", payload)
+        left_out = {e.index for e in errors}
+        kept = [s for i, s in enumerate(record["series"]) if i not in left_out]
+        assert_matches(batch, {**record, "series": kept})
+        for error in errors:  # compared as bytes: NaN != NaN
+            alone = {**record, "series": [record["series"][error.index]]}
+            assert encode("MetricBatch", decode("MetricBatch", error.payload)) == encode(
+                "MetricBatch", alone
+            )
+    assert min(outcomes.values()) > 1_000, outcomes
