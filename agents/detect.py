@@ -1,0 +1,153 @@
+"""internal.windows + vigil.events → detectors, threshold and deadman rules
+→ vigil.anomalies, `anomalies`; AlertCondition → internal.conditions (keyed by service).
+
+One agent reads both topics, so a partition's windows and change events share one state
+(`pipeline.anomaly.DetectState`). This stage is the door of vigil.events: change events on
+the wrong partition are re-produced keyed by service, bad ones dead-lettered.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from agents.checkpoint import CheckpointedStage
+from agents.ingest import DeadLetterBox, origin_of
+from pipeline.anomaly import DetectConfig, Detected, DetectState
+from pipeline.app import Vigil
+from pipeline.codec import CodecError, decode, encode
+from pipeline.envelope import wrap
+from pipeline.ingest import dead_letter, partition_for
+from pipeline.rules import RuleSet, load_rules
+from pipeline.selfmetrics import CONSUMED_MESSAGES, PROCESSING_SECONDS, REPARTITIONED
+from pipeline.settings import Settings
+from pipeline.sinks.timescale import ANOMALIES
+
+
+@dataclass
+class DetectPartition:
+    core: DetectState
+    pending: Detected = field(default_factory=Detected)  # not yet durable
+    heard: bool = False  # a window record arrived since the last tick
+
+
+def detect_config(settings: Settings) -> DetectConfig:
+    width = settings.detect_width_s or min(settings.window_widths_s)
+    if width not in settings.window_widths_s:
+        raise ValueError(f"VIGIL_DETECT_WIDTH_S={width} is not one of the window widths "
+                         f"{settings.window_widths_s}")
+    return DetectConfig(width_s=width, sensitivity=settings.detect_sensitivity,
+                        season_s=settings.detect_season_s or None,
+                        grace_ms=round(settings.grace_s * 1000),
+                        keep_firing_for_ms=round(settings.detect_keep_firing_s * 1000),
+                        forget_ms=round(settings.detect_forget_s * 1000))
+
+
+class DetectStage(CheckpointedStage[DetectPartition]):
+    name = "detect"
+
+    def __init__(self, vigil: Vigil) -> None:
+        super().__init__(vigil)
+        s = self.settings
+        self.config = detect_config(s)
+        self.windows_topic = s.topic("internal.windows")
+        self.events_topic = s.topic("events")
+        widths, grace_ms = s.window_widths_s, round(s.grace_s * 1000)
+        rules = (load_rules(s.config_dir, widths_s=widths, grace_ms=grace_ms)
+                 if s.config_dir else RuleSet([], widths_s=widths, grace_ms=grace_ms))
+        self.rules = rules
+        self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)
+
+    def new_state(self, partition: int) -> DetectPartition:
+        r = self.rules
+        return DetectPartition(DetectState(self.config, RuleSet(r.rules, widths_s=r.widths_s,
+                                                                grace_ms=r.grace_ms)))
+
+    def restore(self, blob: bytes) -> DetectPartition:
+        return DetectPartition(DetectState.restore(blob, self.config, self.rules))
+
+    def snapshot(self, state: DetectPartition) -> bytes:
+        return state.core.snapshot()
+
+    def _catalog(self, service: str) -> dict[str, Any] | None:
+        return self.vigil.catalog.get(service) if self.vigil.catalog else None
+
+    async def process(self, partition: int, state: DetectPartition, event: Any) -> bool:
+        started = time.perf_counter()
+        topic = event.message.topic
+        short = "internal.windows" if topic == self.windows_topic else "events"
+        CONSUMED_MESSAGES.labels(short).inc()
+        rerouted = False
+        if short == "internal.windows":
+            self._window(state, event)
+        else:
+            rerouted = self._change(partition, state, event)
+        PROCESSING_SECONDS.labels(short).observe(time.perf_counter() - started)
+        return bool(state.pending or len(self.dead_letters) or rerouted)
+
+    def _window(self, state: DetectPartition, event: Any) -> None:
+        try:
+            record = decode("WindowAggregate", event.value)
+        except CodecError as exc:
+            self._reject(event, "undecodable", str(exc))
+            return
+        state.heard = True
+        judged = state.core.add_window(record, self._catalog)
+        if judged:
+            state.pending.extend(judged)
+
+    def _change(self, partition: int, state: DetectPartition, event: Any) -> bool:
+        """True when the event was re-produced to the partition that owns its service."""
+        try:
+            change = decode("ChangeEvent", event.value)
+        except CodecError as exc:
+            self._reject(event, "undecodable", str(exc))
+            return False
+        key = change["service"].encode()
+        if not change["service"]:
+            self._reject(event, "missing_service", "ChangeEvent.service: empty")
+        elif partition_for(key, self.settings.partitions) != partition:
+            self.vigil.outbox.add("events", key, event.value)
+            REPARTITIONED.inc()
+            return True
+        else:
+            state.core.add_change(change)
+        return False
+
+    def _reject(self, event: Any, reason: str, detail: str) -> None:
+        origin = origin_of(event, self.settings.partitions)
+        self.dead_letters.add([dead_letter(origin, event.value or b"", reason, detail)])
+
+    async def tick(self, partition: int, state: DetectPartition) -> bool:
+        """Judge a window whose records stopped arriving: the partition went quiet."""
+        if state.core.has_group and not state.heard:
+            state.pending.extend(state.core.close_group(self._catalog))
+        state.heard = False
+        return bool(state.pending)
+
+    async def flush(self, partition: int, state: DetectPartition) -> None:
+        out, state.pending = state.pending, Detected()
+        await self.vigil.database.upsert(ANOMALIES, [
+            {**row, "labels": Jsonb(row["labels"]), "context": Jsonb(row["context"])}
+            for row in out.rows])
+        await self.dead_letters.write()
+        outbox = self.vigil.outbox
+        for record in out.anomalies:
+            outbox.add("anomalies", record["affected_service"].encode(),
+                       encode("PerformanceAnomalyDetectedEvent", record))
+        for condition in out.conditions:
+            outbox.add("internal.conditions", condition["labels"].get("service", "").encode(),
+                       wrap("AlertCondition", condition))
+
+
+def register(vigil: Vigil) -> None:
+    stage = DetectStage(vigil)
+    vigil.stages["detect"] = stage
+    s = vigil.settings
+    topics = (s.topic("internal.windows"), s.topic("events"))
+    channel = vigil.app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw",
+                              value_serializer="raw", allow_empty=True)
+    stage.register(channel, set(topics))
