@@ -13,7 +13,7 @@ from pipeline.settings import Settings
 from pipeline.sinks.kafka import Outbox
 from pipeline.sinks.timescale import Database
 
-STAGES = ("catalog", "metrics", "web")
+STAGES = ("catalog", "metrics", "detect", "web")
 """Agent modules in `agents/`, each with `register(vigil)`; order is registration order."""
 
 

@@ -44,6 +44,16 @@ class Settings(BaseSettings):
     max_future_s: float = Field(default=300.0, gt=0)
     series_idle_s: float = Field(default=900.0, gt=0)
 
+    # Detection (agents/detect.py): the window width scored by the detectors (default the
+    # smallest), the season of their seasonal features (0 turns them off), the one
+    # sensitivity knob, how long an anomaly's alert stays firing without a new anomaly,
+    # and how long a silent series keeps its detector.
+    detect_width_s: int | None = Field(default=None, gt=0)
+    detect_season_s: float = Field(default=86400.0, ge=0)
+    detect_sensitivity: float = Field(default=0.5, gt=0, le=1)
+    detect_keep_firing_s: float = Field(default=300.0, ge=0)
+    detect_forget_s: float = Field(default=172800.0, gt=0)
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, value: str) -> str:

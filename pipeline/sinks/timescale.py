@@ -93,6 +93,13 @@ DEAD_LETTERS = UpsertTable(
     ("ts", "topic", "partition", "offset", "key", "reason", "detail", "payload"),
     ("topic", "partition", "offset", "reason", "detail", "ts"), update=())
 
+ANOMALIES = UpsertTable(
+    "anomalies",
+    ("detected_at", "anomaly_id", "service", "metric_name", "series_id", "labels",
+     "window_start", "width_s", "type", "severity", "current_value", "expected_value",
+     "deviation_percentage", "confidence_score", "anomaly_score", "detector", "context"),
+    ("anomaly_id", "detected_at"))
+
 
 class Database:
     """One async connection, reconnected on failure; `healthy` feeds /health/ready."""
