@@ -1,5 +1,9 @@
 """vigil.catalog → the `catalog` table (service → ServiceInfo), co-partitioned with the
-metrics topic so the aggregate stage finds its services' entries locally."""
+metrics topic so the aggregate stage finds its services' entries locally.
+
+Every change is also forwarded to internal.incident-feed, where the incident stage keeps the
+whole dependency graph: the ServiceInfo wrapped, keyed by service; a removal as a wrapped
+ServiceInfo with an empty payload (as on the compacted topic, a value-less record)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 from agents.ingest import DeadLetterBox, origin_of
 from pipeline.app import Vigil
 from pipeline.codec import CodecError, decode
+from pipeline.envelope import wrap_encoded
 from pipeline.ingest import dead_letter
 from pipeline.selfmetrics import CONSUMED_MESSAGES
 
@@ -47,6 +52,7 @@ def register(vigil: Vigil) -> None:
             if value is None:
                 if event.key is not None:
                     table.pop(event.key, None)
+                    await _forward(vigil, event.key, b"")
                 continue
             try:
                 info = decode("ServiceInfo", value)
@@ -60,6 +66,14 @@ def register(vigil: Vigil) -> None:
                     f"{event.key!r}; the catalog is keyed by service"))
                 continue
             table[event.key] = value
+            await _forward(vigil, event.key, value)
+
+
+async def _forward(vigil: Vigil, service: bytes, value: bytes) -> None:
+    """Sent, not flushed: Faust flushes the producer before it commits the offset, so the
+    change reaches the feed before it counts as consumed, without a flush per change."""
+    await vigil.topic("internal.incident-feed").send(key=service,
+                                                     value=wrap_encoded("ServiceInfo", value))
 
 
 async def _reject(vigil: Vigil, letter: dict[str, Any]) -> None:

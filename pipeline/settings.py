@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     detect_keep_firing_s: float = Field(default=300.0, ge=0)
     detect_forget_s: float = Field(default=172800.0, gt=0)
 
+    # Alerts (agents/alerts.py): a health check not reported for this long no longer counts
+    # its instance, and how far a partition's event time moves before it is forwarded to
+    # the incident stage (whose escalation timers run on it). Incident correlation,
+    # escalation and runbooks are config-as-code: VIGIL_CONFIG_DIR/incidents.yaml, runbooks.yaml.
+    health_stale_s: float = Field(default=300.0, gt=0)
+    stream_time_step_s: float = Field(default=10.0, gt=0)
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, value: str) -> str:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,10 @@ class UpsertTable:
     columns: tuple[str, ...]
     key: tuple[str, ...]
     update: tuple[str, ...] | None = None
+    newer: tuple[str, ...] = ()
+    """Columns that order versions of a row: an update applies only when the new row's
+    values are at least the stored ones (row comparison), so a replayed or late write
+    never moves a row back in time."""
 
     def stage(self) -> sql.Composed:
         """A session temp table shaped like the target; emptied at every commit."""
@@ -51,6 +55,11 @@ class UpsertTable:
         action = (sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
             sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates))
             if updates else sql.SQL("DO NOTHING"))
+        if updates and self.newer:
+            action = sql.SQL("{} WHERE ({}) <= ({})").format(
+                action,
+                sql.SQL(", ").join(sql.Identifier(self.name, c) for c in self.newer),
+                sql.SQL(", ").join(sql.Identifier("excluded", c) for c in self.newer))
         cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
         return sql.SQL("INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
                        "ON CONFLICT ({key}) {action}").format(
@@ -73,6 +82,24 @@ class UpsertTable:
             values = tuple(row.get(c) for c in self.columns)
             by_key[tuple(_hashable(values[i]) for i in positions)] = values
         return list(by_key.values())
+
+
+@dataclass(frozen=True)
+class UpdateRows:
+    """Sets columns of rows that already exist, found by the `where` columns; never inserts
+    (for a second writer of some columns of a row another stage owns)."""
+
+    name: str
+    set: tuple[str, ...]
+    where: tuple[str, ...]
+
+    def statement(self) -> sql.Composed:
+        def pairs(columns: tuple[str, ...], sep: str) -> sql.Composable:
+            return sql.SQL(sep).join(sql.SQL("{} = %s").format(sql.Identifier(c))
+                                     for c in columns)
+
+        return sql.SQL("UPDATE {} SET {} WHERE {}").format(
+            sql.Identifier(self.name), pairs(self.set, ", "), pairs(self.where, " AND "))
 
 
 def _hashable(value: Any) -> Any:
@@ -101,6 +128,39 @@ ANOMALIES = UpsertTable(
     ("anomaly_id", "detected_at"))
 
 
+# Alert and incident state: one row per alert (fingerprint) or incident, each version
+# newer than the last. An alert row is ordered by (updated_at, starts_at, status): a new
+# episode starts no earlier than the previous one resolved, and within one instant
+# 'firing' < 'resolved' (pending and firing never share an instant: `for` > 0 separates them).
+ALERTS = UpsertTable(
+    "alerts",
+    ("fingerprint", "alertname", "service", "severity", "status", "source", "labels",
+     "annotations", "starts_at", "ends_at", "updated_at", "suppressed", "suppressed_by"),
+    ("fingerprint",), newer=("updated_at", "starts_at", "status"))
+
+ALERT_EVENTS = UpsertTable(
+    "alert_events",
+    ("ts", "event_id", "fingerprint", "alertname", "service", "severity", "status", "source",
+     "labels", "annotations", "starts_at", "ends_at", "suppressed", "suppressed_by"),
+    ("fingerprint", "status", "ts"), update=())
+
+ALERT_INCIDENT = UpdateRows("alerts", set=("incident_id",), where=("fingerprint", "starts_at"))
+"""Links one episode of an alert (its starts_at) to the incident it joined."""
+
+INCIDENTS = UpsertTable(
+    "incidents",
+    ("incident_id", "title", "severity", "priority", "status", "assigned_to", "services",
+     "root_cause_service", "escalation_level", "alert_fingerprints", "started_at",
+     "opened_at", "acknowledged_at", "acknowledged_by", "mitigated_at", "resolved_at",
+     "resolution", "false_positive", "updated_at"),
+    ("incident_id",), newer=("updated_at",))
+
+INCIDENT_EVENTS = UpsertTable(
+    "incident_events",
+    ("ts", "incident_id", "event_id", "event", "message", "detail"),
+    ("incident_id", "event", "message", "ts"), update=())
+
+
 class Database:
     """One async connection, reconnected on failure; `healthy` feeds /health/ready."""
 
@@ -124,6 +184,29 @@ class Database:
         if not rows:
             return
         params = table.unique_rows(rows)
+
+        async def write(cursor: psycopg.AsyncCursor[Any]) -> None:
+            await cursor.execute(table.stage())
+            async with cursor.copy(table.copy()) as copy:
+                for values in params:
+                    await copy.write_row(values)
+            await cursor.execute(table.merge())
+
+        await self._retrying(table.name, write)
+
+    async def update(self, table: UpdateRows, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Apply a parameterised UPDATE per row in one transaction, retrying like upsert."""
+        if not rows:
+            return
+        params = [tuple(row[c] for c in (*table.set, *table.where)) for row in rows]
+
+        async def write(cursor: psycopg.AsyncCursor[Any]) -> None:
+            await cursor.executemany(table.statement(), params)
+
+        await self._retrying(table.name, write)
+
+    async def _retrying(self, name: str,
+                        write: Callable[[psycopg.AsyncCursor[Any]], Awaitable[None]]) -> None:
         backoff = 0.2
         async with self._lock:
             while True:
@@ -131,19 +214,15 @@ class Database:
                 try:
                     conn = await self._connection()
                     async with conn.transaction(), conn.cursor() as cursor:
-                        await cursor.execute(table.stage())
-                        async with cursor.copy(table.copy()) as copy:
-                            for values in params:
-                                await copy.write_row(values)
-                        await cursor.execute(table.merge())
+                        await write(cursor)
                     self.healthy = True
-                    DB_WRITE_SECONDS.labels(table.name).observe(time.perf_counter() - started)
+                    DB_WRITE_SECONDS.labels(name).observe(time.perf_counter() - started)
                     return
                 except psycopg.OperationalError as exc:
                     self.healthy = False
-                    DB_WRITE_FAILURES.labels(table.name).inc()
+                    DB_WRITE_FAILURES.labels(name).inc()
                     log.warning("database write to %s failed (%s); retrying in %.1fs",
-                                table.name, type(exc).__name__, backoff)
+                                name, type(exc).__name__, backoff)
                     await self._reset()
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self._max_backoff_s)

@@ -1,0 +1,297 @@
+"""internal.incident-feed (one partition: every alert) → incidents → vigil.incidents, the
+`incidents` and `incident_events` tables, `alerts.incident_id`, vigil.remediation.
+
+The feed carries, wrapped (pipeline/envelope.py):
+- AlertEvent and StreamTime from agents/alerts, Feedback from agents/feedback, keyed
+  ``<origin>/<partition>/<n>`` with *n* increasing per origin and partition. A replay
+  upstream repeats records with their keys, so a record numbered at or below the last one
+  taken from its origin is a repeat and is dropped: each is applied exactly once.
+- ServiceInfo from agents/catalog keyed by service; an empty payload means the service was
+  removed (the compacted topic's null value). Applying one twice changes nothing.
+
+Stream time is the largest ts_ms seen (alert updates, feedback, forwarded event time);
+correlation and escalation run on it. Incident rules live in pipeline/incidents.py; their
+knobs are config-as-code: `VIGIL_CONFIG_DIR/incidents.yaml` (correlation_window,
+escalation: {L1, L2, L3}, default_tier) and `runbooks.yaml` (alertname → action, parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from agents.checkpoint import CheckpointedStage
+from agents.ingest import DeadLetterBox, origin_of
+from pipeline.app import Vigil
+from pipeline.catalog import Catalog, ServiceInfo
+from pipeline.codec import CodecError, decode, encode
+from pipeline.configfile import ConfigError, load_documents
+from pipeline.incidents import (
+    ACKNOWLEDGED,
+    MITIGATED,
+    RESOLVED,
+    Effects,
+    IncidentBook,
+    IncidentConfig,
+    Runbook,
+)
+from pipeline.ingest import dead_letter
+from pipeline.rules import DurationMs
+from pipeline.selfmetrics import CONSUMED_MESSAGES, OPEN_INCIDENTS, PROCESSING_SECONDS
+from pipeline.sinks.timescale import ALERT_INCIDENT, INCIDENT_EVENTS, INCIDENTS
+
+FEED = "internal.incident-feed"
+
+
+# -- config ---------------------------------------------------------------------------------
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IncidentsFile(_Strict):
+    """`incidents.yaml`: durations are Prometheus durations (`90s`, `5m`, `1h`)."""
+
+    correlation_window: DurationMs = 300_000
+    escalation: dict[Literal["L1", "L2", "L3"], DurationMs] | None = None
+    default_tier: Literal["CRITICAL", "BUSINESS", "SUPPORT", "BATCH"] = "BUSINESS"
+
+
+class RunbookSpec(_Strict):
+    action: str = Field(min_length=1)
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class RunbooksFile(RootModel[dict[str, RunbookSpec]]):
+    """`runbooks.yaml`: alertname → {action, parameters}."""
+
+
+def load_incident_config(config_dir: Path | None) -> IncidentConfig:
+    """Read incidents.yaml and runbooks.yaml (both optional); ConfigError names file:line."""
+    config = IncidentConfig()
+    if config_dir is None:
+        return config
+    settings = IncidentsFile()
+    path = config_dir / "incidents.yaml"
+    if path.is_file():
+        for document, location in load_documents(path, IncidentsFile, root=config_dir):
+            if any(ms <= 0 for ms in (document.escalation or {}).values()):
+                raise ConfigError([location.problem(("escalation",), "timeouts must be positive")])
+            settings = document
+    runbooks: dict[str, Runbook] = {}
+    path = config_dir / "runbooks.yaml"
+    if path.is_file():
+        for loaded, _ in load_documents(path, RunbooksFile, root=config_dir):
+            runbooks.update({name: Runbook(spec.action, dict(spec.parameters))
+                             for name, spec in loaded.root.items()})
+    escalation = dict(config.escalation_timeouts_ms) if settings.escalation is None else {
+        str(level): ms for level, ms in settings.escalation.items()}
+    return IncidentConfig(settings.correlation_window, escalation, runbooks,
+                          settings.default_tier)
+
+
+# -- the stage ------------------------------------------------------------------------------
+
+@dataclass
+class Extra:
+    """What the incidents table holds beyond an IncidentEvent."""
+
+    started_at_ms: int  # earliest start of its alerts' conditions
+    acknowledged_by: str | None = None
+    mitigated_at_ms: int | None = None
+    last_entry: dict[str, Any] | None = None  # newest timeline entry already stored
+
+
+@dataclass
+class IncidentsState:
+    book: IncidentBook
+    catalog: Catalog
+    stream_ms: int = 0
+    taken: dict[str, int] = field(default_factory=dict)  # feed origin → last number applied
+    extras: dict[str, Extra] = field(default_factory=dict)  # by open incident id
+    # not yet durable:
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    links: list[dict[str, Any]] = field(default_factory=list)
+    records: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+
+
+class IncidentsStage(CheckpointedStage[IncidentsState]):
+    name = "incidents"
+
+    def __init__(self, vigil: Vigil) -> None:
+        super().__init__(vigil)
+        self.config = load_incident_config(vigil.settings.config_dir)
+        self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)
+
+    def new_state(self, partition: int) -> IncidentsState:
+        return IncidentsState(IncidentBook(self.config), Catalog())
+
+    def restore(self, blob: bytes) -> IncidentsState:
+        data = json.loads(blob)
+        return IncidentsState(
+            IncidentBook.from_dict(data["book"], self.config), Catalog.from_dict(data["catalog"]),
+            data["stream_ms"], data["taken"],
+            {i: Extra(**extra) for i, extra in data["extras"].items()})
+
+    def snapshot(self, state: IncidentsState) -> bytes:
+        return json.dumps({
+            "book": state.book.to_dict(), "catalog": state.catalog.to_dict(),
+            "stream_ms": state.stream_ms, "taken": state.taken,
+            "extras": {i: asdict(extra) for i, extra in state.extras.items()},
+        }).encode()
+
+    async def process(self, partition: int, state: IncidentsState, event: Any) -> bool:
+        started = time.perf_counter()
+        CONSUMED_MESSAGES.labels(FEED).inc()
+        key: bytes = event.key or b""
+        value: bytes = event.value or b""
+        try:
+            self._apply(state, key, value)
+        except (CodecError, ValueError, KeyError) as exc:
+            reason = "undecodable" if isinstance(exc, CodecError) else "invalid"
+            letter = dead_letter(origin_of(event, 1), value, reason, f"{key!r}: {exc}")
+            self.dead_letters.add([letter])
+        OPEN_INCIDENTS.set(len(state.book))
+        PROCESSING_SECONDS.labels(FEED).observe(time.perf_counter() - started)
+        return bool(state.records or state.incidents or state.links or len(self.dead_letters))
+
+    def _apply(self, state: IncidentsState, key: bytes, value: bytes) -> None:
+        message = decode("InternalMessage", value)
+        kind, payload = message["kind"], message["payload"]
+        if kind == "ServiceInfo":
+            if payload:
+                state.catalog.upsert(ServiceInfo.from_dict(decode(kind, payload)))
+            else:
+                state.catalog.remove(key.decode())
+            return
+        if self._repeated(state, key):
+            return
+        record = decode(kind, payload)
+        if kind == "AlertEvent":
+            now = self._advance(state, record["updated_at_ms"])
+            effects = state.book.on_alert(record, state.catalog, now)
+            self._record(state, effects, alert=record)
+        elif kind == "Feedback":
+            now = self._advance(state, record["ts_ms"])
+            effects = Effects(state.book.on_feedback(record, now))
+            self._record(state, effects, actor=record["actor"])
+        elif kind == "StreamTime":
+            self._record(state, Effects(state.book.tick(self._advance(state, record["ts_ms"]))))
+        else:
+            raise ValueError(f"InternalMessage.kind: {kind!r} is not taken by the incident stage")
+
+    @staticmethod
+    def _repeated(state: IncidentsState, key: bytes) -> bool:
+        """Whether a numbered record was applied already; numbers the later one."""
+        origin, _, number = key.decode().rpartition("/")
+        if not origin or not number.isdigit():
+            raise ValueError("key: expected <origin>/<partition>/<number>")
+        if int(number) <= state.taken.get(origin, -1):
+            return True
+        state.taken[origin] = int(number)
+        return False
+
+    @staticmethod
+    def _advance(state: IncidentsState, ts_ms: int) -> int:
+        state.stream_ms = max(state.stream_ms, ts_ms)
+        return state.stream_ms
+
+    def _record(self, state: IncidentsState, effects: Effects,
+                alert: dict[str, Any] | None = None, actor: str | None = None) -> None:
+        """Turn what one input caused into rows and records, in input order."""
+        if alert is not None and alert["status"] == "firing":
+            fp = alert["fingerprint"]
+            holder = next((e for e in reversed(effects.events)
+                           if fp in e["alert_fingerprints"]), None)
+            if holder is not None:
+                incident_id, starts = holder["incident_id"], alert["starts_at_ms"]
+                extra = state.extras.setdefault(incident_id, Extra(starts))
+                extra.started_at_ms = min(extra.started_at_ms, starts)
+                state.links.append({"incident_id": incident_id, "fingerprint": fp,
+                                    "starts_at": _time(starts)})
+        for event in effects.events:
+            self._event(state, event, actor)
+        for command in effects.commands:
+            state.records.append(("remediation", command["incident_id"].encode(),
+                                  encode("RemediationCommand", command)))
+
+    def _event(self, state: IncidentsState, event: dict[str, Any], actor: str | None) -> None:
+        incident_id, status = event["incident_id"], event["status"]
+        extra = state.extras.setdefault(incident_id, Extra(event["opened_at_ms"]))
+        if event["event"] == ACKNOWLEDGED:
+            extra.acknowledged_by = actor
+        if status == MITIGATED:
+            extra.mitigated_at_ms = extra.mitigated_at_ms or event["updated_at_ms"]
+        elif status != RESOLVED:
+            extra.mitigated_at_ms = None  # a new alert undid the mitigation
+        state.incidents.append(_incident_row(event, extra))
+        detail = Jsonb({k: event[k] for k in ("status", "severity", "priority",
+                                              "escalation_level")} | {"event": event["event"]})
+        for entry in _new_entries(event["timeline"], extra.last_entry):
+            state.timeline.append({"ts": _time(entry["ts_ms"]), "incident_id": incident_id,
+                                   "event_id": event["event_id"], "event": entry["kind"],
+                                   "message": entry["message"], "detail": detail})
+        if event["timeline"]:
+            extra.last_entry = event["timeline"][-1]
+        state.records.append(("incidents", incident_id.encode(),
+                              encode("IncidentEvent", event)))
+        if status == RESOLVED:
+            del state.extras[incident_id]
+
+    async def flush(self, partition: int, state: IncidentsState) -> None:
+        database = self.vigil.database
+        incidents, state.incidents = state.incidents, []
+        timeline, state.timeline = state.timeline, []
+        links, state.links = state.links, []
+        records, state.records = state.records, []
+        await database.upsert(INCIDENTS, incidents)
+        await database.upsert(INCIDENT_EVENTS, timeline)
+        await database.update(ALERT_INCIDENT, links)
+        await self.dead_letters.write()
+        for short, key, value in records:
+            self.vigil.outbox.add(short, key, value)
+
+
+def _time(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _new_entries(timeline: list[dict[str, Any]], last: dict[str, Any] | None
+                 ) -> list[dict[str, Any]]:
+    """Entries after the newest one already stored (all, if it was trimmed away)."""
+    if last is not None:
+        for i in range(len(timeline) - 1, -1, -1):
+            if timeline[i] == last:
+                return timeline[i + 1:]
+    return timeline
+
+
+def _incident_row(event: dict[str, Any], extra: Extra) -> dict[str, Any]:
+    return {
+        "incident_id": event["incident_id"], "title": event["title"],
+        "severity": event["severity"], "priority": event["priority"],
+        "status": event["status"], "assigned_to": event["assigned_to"],
+        "services": list(event["services"]), "root_cause_service": event["root_cause_service"],
+        "escalation_level": event["escalation_level"],
+        "alert_fingerprints": list(event["alert_fingerprints"]),
+        "started_at": _time(extra.started_at_ms), "opened_at": _time(event["opened_at_ms"]),
+        "acknowledged_at": _time(event["acknowledged_at_ms"]),
+        "acknowledged_by": extra.acknowledged_by, "mitigated_at": _time(extra.mitigated_at_ms),
+        "resolved_at": _time(event["resolved_at_ms"]), "resolution": event["resolution"],
+        "false_positive": event["resolution"] == "false-positive",
+        "updated_at": _time(event["updated_at_ms"]),
+    }
+
+
+def register(vigil: Vigil) -> None:
+    stage = IncidentsStage(vigil)
+    vigil.stages["incidents"] = stage
+    stage.register(vigil.topic(FEED), {vigil.settings.topic(FEED)})
