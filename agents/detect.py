@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from faust.types import TP
 from psycopg.types.json import Jsonb
 
 from agents.checkpoint import CheckpointedStage
@@ -122,11 +123,19 @@ class DetectStage(CheckpointedStage[DetectPartition]):
         self.dead_letters.add([dead_letter(origin, event.value or b"", reason, detail)])
 
     async def tick(self, partition: int, state: DetectPartition) -> bool:
-        """Judge a window whose records stopped arriving: the partition went quiet."""
-        if state.core.has_group and not state.heard:
+        """Judge a window whose records stopped arriving: nothing came since the last tick
+        and the stage has read all there is, so a replay (e.g. after a restore in the middle
+        of a window) still finds the window open."""
+        if state.core.has_group and not state.heard and self._caught_up(partition):
             state.pending.extend(state.core.close_group(self._catalog))
         state.heard = False
         return bool(state.pending)
+
+    def _caught_up(self, partition: int) -> bool:
+        consumer = self.vigil.app.consumer
+        highwater = consumer.highwater(TP(self.windows_topic, partition)) if consumer else None
+        done = self.partitions[partition].offsets.get(self.windows_topic, -1)
+        return highwater is not None and done + 1 >= highwater
 
     async def flush(self, partition: int, state: DetectPartition) -> None:
         out, state.pending = state.pending, Detected()
