@@ -170,6 +170,14 @@ def scenario(settings: Settings, bus: Bus, worker: Worker, crash: bool) -> Worke
     wait_for(lambda: len(bus.find("internal.incident-feed", "ServiceInfo", bool)) >= len(CATALOG),
              60, "the catalog on the incident feed", every_s=0)
 
+    # Bad input is dead-lettered, never fatal.
+    bus.send("feedback", "x", b"\x00not avro")
+    bus.send("feedback", "x", feedback(T0, "x", "SILENCE", matchers={"service": "=~("}))
+    no_severity = {"labels": {"alertname": "HighErrorRate", "service": "db"},
+                   "annotations": {}, "source": "rule", "active": True, "pulse": False,
+                   "ts_ms": T0, "for_ms": 0, "keep_firing_for_ms": 0}
+    bus.send("internal.conditions", "db", wrap("AlertCondition", no_severity))
+
     # A cascade: db fails, then its dependants.
     db = fp("db", severity="critical")
     bus.condition("db", T0, severity="critical")
@@ -286,6 +294,11 @@ def check_story(dsn: str, bus: Bus) -> None:
         alerts = {r["fingerprint"]: r for r in conn.execute("SELECT * FROM alerts")}
         timeline = conn.execute("SELECT event FROM incident_events WHERE incident_id = %s",
                                 (cascade["incident_id"],)).fetchall()
+        letters = conn.execute("SELECT topic, reason, detail FROM dead_letters "
+                               "ORDER BY topic, reason").fetchall()
+    assert [(r["topic"].split(".", 1)[1], r["reason"]) for r in letters] == [
+        ("feedback", "invalid"), ("feedback", "undecodable"), ("internal.conditions", "invalid")]
+    assert "severity" in letters[2]["detail"] and "regex" in letters[0]["detail"]
     assert all(a["status"] == "resolved" for a in alerts.values())
     assert {f for f, a in alerts.items() if a["incident_id"] == cascade["incident_id"]} == \
         cascade_fps
