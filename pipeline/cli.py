@@ -16,9 +16,11 @@ app = typer.Typer(help="Vigil: Kafka-native performance monitoring.", no_args_is
 db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topic commands.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(topics_app, name="topics")
 app.add_typer(config_app, name="config")
+app.add_typer(bench_app, name="bench")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -246,6 +248,38 @@ def config_validate(config_dir: Path = typer.Argument(None, help="Default: VIGIL
         typer.secho(str(exc), err=True, fg=typer.colors.RED)
         raise typer.Exit(code=1) from exc
     typer.echo(f"{directory}: {summary}")
+
+
+@bench_app.command("ingest")
+def bench_ingest(workload: list[str] = typer.Option(["standard", "scrape"], "--workload"),
+                 messages: int = typer.Option(None, help="Messages per workload."),
+                 partitions: int = typer.Option(4, min=1),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Samples/s of Vigil's ingest → aggregate → sinks against fastavro alone."""
+    import json
+    import os
+
+    from pipeline.bench import WORKLOADS, run
+
+    unknown = set(workload) - set(WORKLOADS)
+    if unknown:
+        raise _fail(f"unknown workload(s) {sorted(unknown)}; one of {sorted(WORKLOADS)}")
+    settings = connected_settings()
+    from pipeline.db import migrate
+
+    migrate(settings.database_dsn() or "")
+    results = run(settings, workload, messages, partitions,
+                  log=(lambda _: None) if as_json else typer.echo)
+    summary = {r.workload: {"raw_samples_per_s": round(r.raw_samples_per_s),
+                            "vigil_samples_per_s": round(r.vigil_samples_per_s),
+                            "ratio": round(r.ratio, 3), "samples": r.samples} for r in results}
+    summary["cores"] = os.cpu_count() or 0  # type: ignore[assignment]
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        for r in results:
+            typer.echo(f"{r.workload:9s} raw {r.raw_samples_per_s:>12,.0f}/s   vigil "
+                       f"{r.vigil_samples_per_s:>12,.0f}/s   ratio {r.ratio:.2f}")
 
 
 def _redact(dsn: str) -> str:
