@@ -77,8 +77,8 @@ def create_app(settings: Settings) -> Vigil:
         for short in (*INPUT_TOPICS, *OUTPUT_TOPICS, *INTERNAL_TOPICS)
     }
     vigil = Vigil(app, settings, topics, Database(settings.database_dsn() or ""),
-                  Outbox(app, topics))
+                  Outbox(settings))
 
-    for stage in STAGES:
+    for stage in settings.stages or STAGES:
         importlib.import_module(f"agents.{stage}").register(vigil)
     return vigil

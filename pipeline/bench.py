@@ -122,7 +122,9 @@ def _vigil_rate(settings: Settings, samples: int, log: Callable[[str], None]) ->
            "VIGIL_DATABASE_URL": settings.database_dsn() or "",
            "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
            "VIGIL_PARTITIONS": str(settings.partitions), "VIGIL_WEB_PORT": str(port),
-           "VIGIL_HOME": str(settings.home)}
+           "VIGIL_HOME": str(settings.home),
+           # the ingest path alone: detection and alerting read its output downstream
+           "VIGIL_STAGES": '["catalog", "metrics", "web"]'}
     with tempfile.NamedTemporaryFile(prefix="vigil-bench-", suffix=".log",
                                      delete=False) as log_file:
         worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
 
+    stages: list[str] | None = None  # a subset of pipeline.app.STAGES, e.g. for benchmarks
     window_widths_s: list[int] = Field(default_factory=lambda: [10, 60])
     grace_s: float = Field(default=5.0, ge=0)
     max_future_s: float = Field(default=300.0, gt=0)

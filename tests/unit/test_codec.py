@@ -128,6 +128,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "p90": None,
         "p95": None,
         "p99": None,
+        "le_counts": {},
     },
     "PerformanceAnomalyDetectedEvent": {
         "anomaly_id": "an-1",
@@ -158,6 +159,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "for_ms": 60_000,
         "keep_firing_for_ms": 0,
     },
+    "StreamTime": {"source": "alerts/0", "ts_ms": T0},
     "InternalMessage": {"kind": "AlertCondition", "payload": b"\x00\x02"},
     "AlertEvent": {
         "event_id": "f00d:1700000000000:firing",
