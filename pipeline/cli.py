@@ -135,6 +135,23 @@ def worker(loglevel: str = typer.Option("warn", help="crit|error|warn|info|debug
 
 
 @app.command()
+def demo(speed: float = typer.Option(None, help="Event seconds per wall second "
+                                     "(default: fit the demo into about two minutes)."),
+         keep: bool = typer.Option(False, help="Leave the servers running afterwards.")
+         ) -> None:
+    """Start everything, play a workload with an injected cascading incident, and show the
+    alerts and incidents as they fire."""
+    from pipeline.demo import run_demo
+
+    settings = _settings()
+    try:
+        code = run_demo(settings, speed=speed, keep_servers=keep)
+    except LaunchError as exc:
+        raise _fail(str(exc)) from exc
+    raise typer.Exit(code=code)
+
+
+@app.command()
 def tail(topic: str = typer.Argument(..., help="Short name (alerts) or full topic name."),
          from_beginning: bool = typer.Option(False, "--from-beginning"),
          limit: int = typer.Option(0, help="Stop after this many records (0: never)."),

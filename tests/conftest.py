@@ -21,8 +21,9 @@ TEST_HOME = Path(os.environ.get("VIGIL_TEST_HOME", ROOT / ".vigil" / "test"))
 
 
 def _server_settings() -> Settings:
-    return Settings(home=TEST_HOME, kafka_port=39192, kafka_controller_port=39193,
-                    pg_port=35532)
+    kafka_port = int(os.environ.get("VIGIL_TEST_KAFKA_PORT", "39192"))
+    return Settings(home=TEST_HOME, kafka_port=kafka_port, kafka_controller_port=kafka_port + 1,
+                    pg_port=int(os.environ.get("VIGIL_TEST_PG_PORT", "35532")))
 
 
 @pytest.fixture(scope="session")
