@@ -24,6 +24,7 @@ from pipeline.app import Vigil
 
 S = TypeVar("S")
 
+MAX_CHECKPOINTS_IN_FLIGHT = 4
 CHECKPOINT_EVERY_S = 1.0
 CHECKPOINT_EVERY_MESSAGES = 5000
 OUTPUT_DELAY_S = 0.05
@@ -62,6 +63,11 @@ class CheckpointedStage(ABC, Generic[S]):
         self.partitions: dict[int, Partition[S]] = {}
         self.lock = asyncio.Lock()
         self.stream: Any = None
+        # Checkpoints whose writes are in flight, oldest first. Bounded: when the database
+        # or the broker is slow or away, input stops here instead of piling up in memory.
+        self._jobs: asyncio.Queue[tuple[int, asyncio.Future[None], bytes, list[Any]]] = \
+            asyncio.Queue(maxsize=MAX_CHECKPOINTS_IN_FLIGHT)
+        self._committer: asyncio.Future[None] | None = None
 
     # -- what a stage defines ------------------------------------------------------------
 
@@ -79,8 +85,10 @@ class CheckpointedStage(ABC, Generic[S]):
         """Apply one input event; return True when output is waiting to be checkpointed."""
 
     async def flush(self, partition: int, state: S) -> None:
-        """Make the partition's pending output durable (before the snapshot is written).
-        Records added to `vigil.outbox` are flushed by the caller right after."""
+        """Make the partition's pending output durable. Take the output from `state`
+        before the first `await` (the snapshot is taken right after that point, and later
+        input may add new output meanwhile). Records added to `vigil.outbox` are flushed
+        by the caller right after."""
 
     async def tick(self, partition: int, state: S) -> bool:
         """Timer hook for time-driven work (e.g. alert expiry); True if output is waiting."""
@@ -126,17 +134,38 @@ class CheckpointedStage(ABC, Generic[S]):
                     await self._checkpoint(number, part)
 
     async def _checkpoint(self, number: int, part: Partition[S]) -> None:
-        await self.flush(number, part.state)
-        await self.vigil.outbox.flush()
+        """Cut here; the writes then run in the background while input keeps flowing.
+
+        `flush` starts first and takes the partition's pending output before its first
+        await, so the snapshot taken next holds none of it; the committer makes that output
+        durable, then publishes the snapshot, then acks — in checkpoint order.
+        """
+        writing = asyncio.ensure_future(self.flush(number, part.state))
+        await asyncio.sleep(0)  # let `flush` take its output now, before the snapshot
         offsets = json.dumps(part.offsets).encode()
         blob = _HEADER.pack(len(offsets)) + offsets + self.snapshot(part.state)
-        self.table.data[_key(number)] = blob
-        self.table.send_changelog(number, _key(number), blob)
-        for event in part.pending:
-            await self.stream.ack(event)
-        part.pending = []
+        events, part.pending = part.pending, []
         part.output_waiting = False
         part.last_checkpoint = time.monotonic()
+        if self._committer is None:
+            self._committer = asyncio.ensure_future(self._commit_in_order())
+        await self._jobs.put((number, writing, blob, events))
+
+    async def _commit_in_order(self) -> None:
+        while True:
+            number, writing, blob, events = await self._jobs.get()
+            try:
+                await writing
+                await self.vigil.outbox.flush()
+                self.table.data[_key(number)] = blob
+                self.table.send_changelog(number, _key(number), blob)
+                for event in events:
+                    await self.stream.ack(event)
+            except Exception as exc:  # results would be lost: stop the worker, loudly
+                await self.vigil.app.crash(exc)
+                raise
+            finally:
+                self._jobs.task_done()
 
     def forget(self, revoked: set[int]) -> None:
         """Revoked partitions: their next owner restores them from the changelog."""
@@ -161,6 +190,7 @@ class CheckpointedStage(ABC, Generic[S]):
         app.timer(timer_s, name=f"{self.name}-timer")(timer)
 
         async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+            await self._jobs.join()  # finish what was cut before handing partitions over
             self.forget({tp.partition for tp in revoked if tp.topic in topics})
 
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]

@@ -66,7 +66,7 @@ class Worker:
 
     def start(self, ready_timeout_s: float = 90.0) -> Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        log = open(self.log_path, "ab")  # lives as long as the process
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "info"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
