@@ -29,6 +29,7 @@ from pipeline.selfmetrics import (
     WINDOWS_CLOSED,
 )
 from pipeline.sinks.timescale import METRIC_AGGREGATES
+from pipeline.slo import le_bounds, le_key, load_slos
 
 
 @dataclass
@@ -45,6 +46,9 @@ class MetricsStage(CheckpointedStage[MetricsState]):
         super().__init__(vigil)
         self.door = MetricsDoor()
         self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)
+        # Latency SLIs need "observations <= le", which only the window's sketch knows.
+        config = vigil.settings.config_dir
+        self.le_bounds = le_bounds(slo for slo, _ in load_slos(config)) if config else ()
 
     def new_state(self, partition: int) -> MetricsState:
         s = self.settings
@@ -108,8 +112,9 @@ class MetricsStage(CheckpointedStage[MetricsState]):
     def _rows(self, window: WindowAggregates) -> list[dict[str, Any]]:
         bucket = datetime.fromtimestamp(window.window_start_ms / 1000, UTC)
         end_ms = window.window_start_ms + window.width_s * 1000
+        le_counts = {le_key(le): window.count_at_most(le).tolist() for le in self.le_bounds}
         rows = []
-        for closed in window:
+        for i, closed in enumerate(window):
             info = self.vigil.catalog.get(closed.service) if self.vigil.catalog else None
             enrichment = {k: (info[k] if info else None) for k in ("team", "tier", "environment")}
             values = {"count": closed.count, "sum": closed.sum, "min": closed.min,
@@ -119,7 +124,9 @@ class MetricsStage(CheckpointedStage[MetricsState]):
             record = {"series_id": closed.series_id, "name": closed.name,
                       "service": closed.service, "labels": closed.labels, "kind": closed.kind,
                       "width_s": closed.width_s, "window_start_ms": closed.window_start_ms,
-                      "window_end_ms": end_ms, **enrichment, **values}
+                      "window_end_ms": end_ms, **enrichment, **values,
+                      "le_counts": ({k: float(v[i]) for k, v in le_counts.items()}
+                                    if closed.kind == "OBSERVATION" else {})}
             rows.append({"bucket": bucket, "width_s": closed.width_s,
                          "service": closed.service, "name": closed.name,
                          "labels": Jsonb(closed.labels), "kind": closed.kind,

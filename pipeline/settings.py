@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     detect_keep_firing_s: float = Field(default=300.0, ge=0)
     detect_forget_s: float = Field(default=172800.0, gt=0)
 
+    # SLOs (agents/slo.py): the window width they count (must divide 60 s) and how often
+    # their state (~100 KB per SLO) is snapshotted.
+    slo_width_s: int = Field(default=60, gt=0)
+    slo_checkpoint_s: float = Field(default=10.0, ge=0)
+
     # Alerts (agents/alerts.py): a health check not reported for this long no longer counts
     # its instance, and how far a partition's event time moves before it is forwarded to
     # the incident stage (whose escalation timers run on it). Incident correlation,

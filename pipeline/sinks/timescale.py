@@ -127,6 +127,13 @@ ANOMALIES = UpsertTable(
      "deviation_percentage", "confidence_score", "anomaly_score", "detector", "context"),
     ("anomaly_id", "detected_at"))
 
+SLO_STATUS = UpsertTable(
+    "slo_status",
+    ("ts", "slo", "service", "objective", "sli", "error_budget_remaining", "burn_rate_5m",
+     "burn_rate_30m", "burn_rate_1h", "burn_rate_2h", "burn_rate_6h", "burn_rate_1d",
+     "burn_rate_3d", "exhaustion_at"),
+    ("slo", "ts"))
+
 
 # Alert and incident state: one row per alert (fingerprint) or incident, each version
 # newer than the last. An alert row is ordered by (updated_at, starts_at, status): a new
