@@ -55,6 +55,8 @@ def database_url(endpoints: local.Endpoints) -> Iterator[str]:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     base = psycopg.conninfo.conninfo_to_dict(endpoints.database_url)
     yield psycopg.conninfo.make_conninfo(**{**base, "dbname": name})
+    if os.environ.get("VIGIL_TEST_KEEP_DB"):  # to look at a failed test's rows
+        return
     with psycopg.connect(endpoints.database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(name)))

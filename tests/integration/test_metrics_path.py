@@ -17,6 +17,7 @@ from pipeline.codec import decode, encode
 from pipeline.kafka import client_config, create_topics
 from pipeline.producer import MetricsProducer
 from pipeline.settings import Settings
+from pipeline.workload import TICK_NAME, accounting_workload
 from tests.integration.harness import Worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -192,3 +193,88 @@ def outbound_aggregates(settings: Settings, wanted: set[Any]) -> dict[Any, dict[
     finally:
         consumer.close()
     return found
+
+
+# -- the accounting workload: every sample accounted for, across a kill -9 -------------
+
+def produce_messages(settings: Settings, messages: list[Any]) -> MetricsProducer:
+    producer = MetricsProducer(client_config(settings), settings.topic("metrics"))
+    for message in messages:
+        producer.send_raw(message.payload(), message.key)
+    producer.flush()
+    return producer
+
+
+def windows_in_db(dsn: str) -> dict[tuple[str, int, int], dict[str, Any]]:
+    with psycopg.connect(dsn) as conn:
+        cursor = conn.execute(
+            "SELECT series_id, width_s, (extract(epoch FROM bucket) * 1000)::bigint, count, "
+            "sum, min, max, mean, last, increase, rate, p50, p90, p95, p99 "
+            "FROM metric_aggregates WHERE name <> %s", (TICK_NAME,))
+        fields = ("count", "sum", "min", "max", "mean", "last", "increase", "rate",
+                  "p50", "p90", "p95", "p99")
+        return {(row[0], row[1], row[2]): dict(zip(fields, row[3:], strict=True))
+                for row in cursor}
+
+
+def consumed_messages(worker: Worker) -> float:
+    return worker.metrics().get('vigil_consumed_messages_total{topic="metrics"}', 0.0)
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["uninterrupted", "kill-9-midway"])
+def test_accounting_workload_lands_exactly(settings: Settings, tmp_path: Path,
+                                           crash: bool) -> None:
+    workload = accounting_workload(seed=3)
+    create_topics(settings)
+    dsn = settings.database_dsn() or ""
+    half = len(workload.messages) // 2
+    worker = Worker(settings, tmp_path, name="first").start()
+    try:
+        produce_messages(settings, workload.messages[:half])
+        if crash:
+            wait_for(lambda: consumed_messages(worker) >= half // 2, 60, "half consumed")
+            worker.kill()
+            worker = Worker(settings, tmp_path, name="second").start()
+        produce_messages(settings, workload.messages[half:])
+        wait_for(lambda: dead_letter_samples(dsn) >= sum(workload.expected.dead_samples
+                                                         .values()), 90,
+                 "every bad sample dead-lettered (the unkeyed message is rerouted first)")
+        produce_messages(settings, workload.closing)
+        expected = workload.expected.windows
+        wait_for(lambda: len(windows_in_db(dsn)) >= len(expected), 120,
+                 f"{len(expected)} windows in metric_aggregates")
+        found = windows_in_db(dsn)
+        assert set(found) == set(expected)
+        for key, want in expected.items():
+            got = found[key]
+            for field, value in got.items():
+                target = getattr(want, field)
+                if target is None:
+                    assert value is None, (key, field)
+                elif field.startswith("p"):
+                    assert value == pytest.approx(target, rel=0.01), (key, field)
+                else:
+                    assert value == pytest.approx(target, rel=1e-9, abs=1e-9), (key, field)
+        assert dead_letter_samples_by_reason(dsn) == workload.expected.dead_samples
+    finally:
+        worker.stop()
+
+
+def dead_letter_rows(dsn: str) -> list[tuple[str, bytes]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT reason, payload FROM dead_letters").fetchall()
+
+
+def dead_letter_samples_by_reason(dsn: str) -> dict[str, int]:
+    """Samples inside dead-lettered MetricBatches, by reason (undecodable bytes hold none)."""
+    counts: dict[str, int] = defaultdict(int)
+    for reason, payload in dead_letter_rows(dsn):
+        if reason == "undecodable":
+            continue
+        batch = decode("MetricBatch", bytes(payload))
+        counts[reason] += sum(len(series["values"]) for series in batch["series"])
+    return dict(counts)
+
+
+def dead_letter_samples(dsn: str) -> int:
+    return sum(dead_letter_samples_by_reason(dsn).values())
