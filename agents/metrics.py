@@ -3,6 +3,8 @@ internal windows topic (keyed by service) that detection and SLOs read."""
 
 from __future__ import annotations
 
+import json
+import struct
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +37,10 @@ from pipeline.slo import le_bounds, le_key, load_slos
 @dataclass
 class MetricsState:
     aggregator: Aggregator
+    # Per source partition, the last source offset whose re-routed series this partition
+    # took: a source replayed after a crash re-routes them again, and those copies are
+    # dropped here instead of being counted twice.
+    rerouted_upto: dict[int, int] = field(default_factory=dict)
     closed: list[WindowAggregates] = field(default_factory=list)  # not yet durable
     closable_since: float | None = None
 
@@ -57,21 +63,32 @@ class MetricsStage(CheckpointedStage[MetricsState]):
                                        idle_ms=int(s.series_idle_s * 1000)))
 
     def restore(self, blob: bytes) -> MetricsState:
-        return MetricsState(Aggregator.restore(blob))
+        (size,) = _MARKS.unpack_from(blob)
+        marks = json.loads(blob[_MARKS.size:_MARKS.size + size])
+        return MetricsState(Aggregator.restore(blob[_MARKS.size + size:]),
+                            {int(k): v for k, v in marks.items()})
 
     def snapshot(self, state: MetricsState) -> bytes:
-        return state.aggregator.snapshot()
+        marks = json.dumps(state.rerouted_upto).encode()
+        return _MARKS.pack(len(marks)) + marks + state.aggregator.snapshot()
 
     async def process(self, partition: int, state: MetricsState, event: Any) -> bool:
         started = time.perf_counter()
         CONSUMED_MESSAGES.labels("metrics").inc()
         origin = origin_of(event, self.settings.partitions)
+        source = rerouted_from(event.message.headers)
+        if source is not None:
+            if source[1] <= state.rerouted_upto.get(source[0], -1):
+                return False  # a copy re-routed again by a replayed source
+            state.rerouted_upto[source[0]] = source[1]
         admitted = self.door.admit(event.value, origin)
         self.dead_letters.add(admitted.dead_letters)
         for reason, samples in admitted.dead_samples.items():
             DEAD_LETTERED_SAMPLES.labels(reason).inc(samples)
+        header: list[tuple[str, str | bytes | None]] = [
+            (REROUTED_HEADER, f"{origin.partition}:{origin.offset}".encode())]
         for key, payload in admitted.rerouted:
-            self.vigil.outbox.add("metrics", key, payload)
+            self.vigil.outbox.add("metrics", key, payload, headers=header)
             REPARTITIONED.inc()
         batch = admitted.batch
         if batch is not None:
@@ -133,6 +150,20 @@ class MetricsStage(CheckpointedStage[MetricsState]):
                          "series_id": closed.series_id, "record": record,
                          **enrichment, **values})
         return rows
+
+
+REROUTED_HEADER = "vigil-rerouted-from"
+_MARKS = struct.Struct("<I")
+
+
+def rerouted_from(headers: Any) -> tuple[int, int] | None:
+    """(source partition, source offset) of a re-routed copy, from its header."""
+    items = headers.items() if isinstance(headers, dict) else (headers or ())
+    for name, value in items:
+        if name == REROUTED_HEADER and value:
+            partition, _, offset = value.decode().partition(":")
+            return int(partition), int(offset)
+    return None
 
 
 def register(vigil: Vigil) -> None:

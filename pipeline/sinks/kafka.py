@@ -36,14 +36,15 @@ class Outbox:
         self._errors: list[KafkaError] = []
 
     def add(self, short: str, key: bytes | None, value: bytes | None,
-            partition: int | None = None) -> None:
+            partition: int | None = None,
+            headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
         """Queue a record; `partition` overrides the key's partition (e.g. a broadcast)."""
         topic = self._settings.topic(short)
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key,
                                        partition=-1 if partition is None else partition,
-                                       on_delivery=self._done)
+                                       on_delivery=self._done, headers=headers)
                 break
             except BufferError:
                 self._producer.poll(0.05)

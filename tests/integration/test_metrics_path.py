@@ -210,7 +210,7 @@ def windows_in_db(dsn: str) -> dict[tuple[str, int, int], dict[str, Any]]:
         cursor = conn.execute(
             "SELECT series_id, width_s, (extract(epoch FROM bucket) * 1000)::bigint, count, "
             "sum, min, max, mean, last, increase, rate, p50, p90, p95, p99 "
-            "FROM metric_aggregates WHERE name <> %s", (TICK_NAME,))
+            "FROM metric_aggregates WHERE name <> %s AND service LIKE 'acct-%%'", (TICK_NAME,))
         fields = ("count", "sum", "min", "max", "mean", "last", "increase", "rate",
                   "p50", "p90", "p95", "p99")
         return {(row[0], row[1], row[2]): dict(zip(fields, row[3:], strict=True))
@@ -236,7 +236,8 @@ def test_accounting_workload_lands_exactly(settings: Settings, tmp_path: Path,
             worker.kill()
             worker = Worker(settings, tmp_path, name="second").start()
         produce_messages(settings, workload.messages[half:])
-        wait_for(lambda: dead_letter_samples(dsn) >= sum(workload.expected.dead_samples
+        topic = settings.topic("metrics")
+        wait_for(lambda: dead_letter_samples(dsn, topic) >= sum(workload.expected.dead_samples
                                                          .values()), 90,
                  "every bad sample dead-lettered (the unkeyed message is rerouted first)")
         produce_messages(settings, workload.closing)
@@ -255,20 +256,21 @@ def test_accounting_workload_lands_exactly(settings: Settings, tmp_path: Path,
                     assert value == pytest.approx(target, rel=0.01), (key, field)
                 else:
                     assert value == pytest.approx(target, rel=1e-9, abs=1e-9), (key, field)
-        assert dead_letter_samples_by_reason(dsn) == workload.expected.dead_samples
+        assert dead_letter_samples_by_reason(dsn, topic) == workload.expected.dead_samples
     finally:
         worker.stop()
 
 
-def dead_letter_rows(dsn: str) -> list[tuple[str, bytes]]:
+def dead_letter_rows(dsn: str, topic: str) -> list[tuple[str, bytes]]:
     with psycopg.connect(dsn) as conn:
-        return conn.execute("SELECT reason, payload FROM dead_letters").fetchall()
+        return conn.execute("SELECT reason, payload FROM dead_letters WHERE topic = %s",
+                            (topic,)).fetchall()
 
 
-def dead_letter_samples_by_reason(dsn: str) -> dict[str, int]:
+def dead_letter_samples_by_reason(dsn: str, topic: str) -> dict[str, int]:
     """Samples inside dead-lettered MetricBatches, by reason (undecodable bytes hold none)."""
     counts: dict[str, int] = defaultdict(int)
-    for reason, payload in dead_letter_rows(dsn):
+    for reason, payload in dead_letter_rows(dsn, topic):
         if reason == "undecodable":
             continue
         batch = decode("MetricBatch", bytes(payload))
@@ -276,5 +278,5 @@ def dead_letter_samples_by_reason(dsn: str) -> dict[str, int]:
     return dict(counts)
 
 
-def dead_letter_samples(dsn: str) -> int:
-    return sum(dead_letter_samples_by_reason(dsn).values())
+def dead_letter_samples(dsn: str, topic: str) -> int:
+    return sum(dead_letter_samples_by_reason(dsn, topic).values())
