@@ -21,80 +21,28 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from agents.checkpoint import CheckpointedStage
 from agents.ingest import DeadLetterBox, origin_of
 from pipeline.app import Vigil
 from pipeline.catalog import Catalog, ServiceInfo
 from pipeline.codec import CodecError, decode, encode
-from pipeline.configfile import ConfigError, load_documents
+from pipeline.incident_config import load_incident_config
 from pipeline.incidents import (
     ACKNOWLEDGED,
     MITIGATED,
     RESOLVED,
     Effects,
     IncidentBook,
-    IncidentConfig,
-    Runbook,
 )
 from pipeline.ingest import dead_letter
-from pipeline.rules import DurationMs
 from pipeline.selfmetrics import CONSUMED_MESSAGES, OPEN_INCIDENTS, PROCESSING_SECONDS
 from pipeline.sinks.timescale import ALERT_INCIDENT, INCIDENT_EVENTS, INCIDENTS
 
 FEED = "internal.incident-feed"
-
-
-# -- config ---------------------------------------------------------------------------------
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class IncidentsFile(_Strict):
-    """`incidents.yaml`: durations are Prometheus durations (`90s`, `5m`, `1h`)."""
-
-    correlation_window: DurationMs = 300_000
-    escalation: dict[Literal["L1", "L2", "L3"], DurationMs] | None = None
-    default_tier: Literal["CRITICAL", "BUSINESS", "SUPPORT", "BATCH"] = "BUSINESS"
-
-
-class RunbookSpec(_Strict):
-    action: str = Field(min_length=1)
-    parameters: dict[str, str] = Field(default_factory=dict)
-
-
-class RunbooksFile(RootModel[dict[str, RunbookSpec]]):
-    """`runbooks.yaml`: alertname → {action, parameters}."""
-
-
-def load_incident_config(config_dir: Path | None) -> IncidentConfig:
-    """Read incidents.yaml and runbooks.yaml (both optional); ConfigError names file:line."""
-    config = IncidentConfig()
-    if config_dir is None:
-        return config
-    settings = IncidentsFile()
-    path = config_dir / "incidents.yaml"
-    if path.is_file():
-        for document, location in load_documents(path, IncidentsFile, root=config_dir):
-            if any(ms <= 0 for ms in (document.escalation or {}).values()):
-                raise ConfigError([location.problem(("escalation",), "timeouts must be positive")])
-            settings = document
-    runbooks: dict[str, Runbook] = {}
-    path = config_dir / "runbooks.yaml"
-    if path.is_file():
-        for loaded, _ in load_documents(path, RunbooksFile, root=config_dir):
-            runbooks.update({name: Runbook(spec.action, dict(spec.parameters))
-                             for name, spec in loaded.root.items()})
-    escalation = dict(config.escalation_timeouts_ms) if settings.escalation is None else {
-        str(level): ms for level, ms in settings.escalation.items()}
-    return IncidentConfig(settings.correlation_window, escalation, runbooks,
-                          settings.default_tier)
 
 
 # -- the stage ------------------------------------------------------------------------------

@@ -122,6 +122,14 @@ def worker(loglevel: str = typer.Option("warn", help="crit|error|warn|info|debug
     from pipeline.db import connect, ensure_partitions, migrate
 
     settings = connected_settings()
+    if settings.config_dir is not None:
+        from pipeline.config import load_config
+        from pipeline.configfile import ConfigError
+
+        try:
+            load_config(settings.config_dir, settings)
+        except ConfigError as exc:
+            raise _fail(f"invalid config in {settings.config_dir}:\n{exc}") from exc
     dsn = settings.database_dsn() or ""
     migrate(dsn)
     with connect(dsn) as conn:
@@ -260,7 +268,7 @@ def config_validate(config_dir: Path = typer.Argument(None, help="Default: VIGIL
     if directory is None:
         raise _fail("no config directory: pass one or set VIGIL_CONFIG_DIR")
     try:
-        summary = load_config(directory).summary()
+        summary = load_config(directory, _settings()).summary()
     except ConfigError as exc:
         typer.secho(str(exc), err=True, fg=typer.colors.RED)
         raise typer.Exit(code=1) from exc
