@@ -59,6 +59,8 @@ def create_app(settings: Settings) -> Vigil:
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=3.0,
         stream_wait_empty=False,
         table_standby_replicas=0,
         producer_max_request_size=16_000_000,

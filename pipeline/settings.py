@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
+    # How long the group waits for a silent worker (kill -9, lost host) before handing its
+    # partitions to the others: failover takes about this long. Heartbeats go every 3 s from
+    # the event loop, so a loop must never stall this long (processing one message takes ms).
+    kafka_session_timeout_s: float = Field(default=15.0, ge=6, le=300)
 
     stages: list[str] | None = None  # a subset of pipeline.app.STAGES, e.g. for benchmarks
     window_widths_s: list[int] = Field(default_factory=lambda: [10, 60])
