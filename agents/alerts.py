@@ -27,7 +27,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from agents.checkpoint import CheckpointedStage
-from agents.ingest import DeadLetterBox, origin_of
+from agents.ingest import DeadLetterBox, check, origin_of
 from pipeline.alerts import FIRING, RESOLVED, AlertBook, Transition
 from pipeline.app import Vigil
 from pipeline.codec import CodecError, decode, encode
@@ -143,7 +143,10 @@ class AlertsStage(CheckpointedStage[AlertsState]):
             else:
                 result = decode("HealthCheckResult", value)
                 key = result["service"].encode()
-                if partition_for(key, self.settings.partitions) != partition:
+                problem = check(self.settings, "HealthCheckResult", result)
+                if problem is not None:
+                    self.dead_letters.add([dead_letter(origin, value, *problem)])
+                elif partition_for(key, self.settings.partitions) != partition:
                     self.vigil.outbox.add(HEALTH, key, value)
                     REPARTITIONED.inc()
                     rerouted = True
@@ -178,6 +181,8 @@ class AlertsStage(CheckpointedStage[AlertsState]):
             change = decode("ChangeEvent", value)
         except CodecError:
             return  # the detect stage, door of vigil.events, dead-letters it
+        if check(self.settings, "ChangeEvent", change) is not None:
+            return  # likewise
         key = change["service"].encode()
         if key and partition_for(key, self.settings.partitions) == partition:
             state.silences.on_change(change)  # else detect re-produces it to its partition

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.ingest import DeadLetterBox, origin_of
+from agents.ingest import DeadLetterBox, check, origin_of
 from pipeline.app import Vigil
 from pipeline.codec import CodecError, decode
 from pipeline.envelope import wrap_encoded
@@ -58,6 +58,10 @@ def register(vigil: Vigil) -> None:
                 info = decode("ServiceInfo", value)
             except CodecError as exc:
                 await _reject(vigil, dead_letter(origin, value, "undecodable", str(exc)))
+                continue
+            problem = check(vigil.settings, "ServiceInfo", info)
+            if problem is not None:
+                await _reject(vigil, dead_letter(origin, value, *problem))
                 continue
             if event.key != info["service"].encode():
                 await _reject(vigil, dead_letter(

@@ -9,9 +9,11 @@ per series and per window, never per sample.
 Semantics (PRODUCT.md §5) and the choices this module makes where the contract is silent:
 
 - A sample is rejected, in this order of precedence, for `kind_conflict` (its series was
-  seen with another kind and is still active), `non_finite` (NaN/inf), `future` (ts_ms
-  beyond now + max_future) or `late` (its window closed for some width, judged against the
-  stream time before that sample; see `windows`). Rejected samples touch no state.
+  seen with another kind and is still active), `non_finite` (NaN/inf), `invalid_timestamp`
+  (ts_ms < 0: before the epoch; far enough back, a window start fits no timestamp),
+  `future` (ts_ms beyond now + max_future) or `late` (its window closed for some width,
+  judged against the stream time before that sample; see `windows`). Rejected samples
+  touch no state.
 - GAUGE `last` (kept for every kind): value with the largest ts_ms; ties go to the sample
   that came later in input order.
 - COUNTER `increase`: each series keeps its previous sample, the one with the largest ts_ms
@@ -55,8 +57,8 @@ from pipeline.batch import COUNTER, KIND_NAMES, OBSERVATION, SampleBatch
 from pipeline.sketch import QuantileSketch, bucket_codes, compact, grouped_quantiles, pack, unpack
 from pipeline.windows import NO_TIME, WindowClock, running_stream_time
 
-REJECT_REASONS = ("kind_conflict", "non_finite", "future", "late")
-KIND_CONFLICT, NON_FINITE, FUTURE, LATE = range(4)
+REJECT_REASONS = ("kind_conflict", "non_finite", "future", "late", "invalid_timestamp")
+KIND_CONFLICT, NON_FINITE, FUTURE, LATE, INVALID_TIMESTAMP = range(5)
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
 # Per-slot columns of an open window: (dtype, neutral value). Separate 1-D arrays, because
@@ -117,6 +119,8 @@ class Rejected:
                 text = f"{where}.kind: {kind} differs from the kind this series already has"
             elif reason == NON_FINITE:
                 text = f"{where}.values{sample}: {batch.values[position]} not allowed"
+            elif reason == INVALID_TIMESTAMP:
+                text = f"{where}.ts_ms{sample}: {ts} is before 1970-01-01"
             elif reason == FUTURE:
                 text = f"{where}.ts_ms{sample}: {ts} is after now + max future ({bound})"
             else:
@@ -366,13 +370,17 @@ class Aggregator:
         future_limit = now_ms + clock.max_future_ms
         in_time = ts <= future_limit
         eligible = finite & in_time
+        lowest = int(ts.min())
+        after_epoch = ts >= 0 if lowest < 0 else None
+        if after_epoch is not None:
+            eligible &= after_epoch
         if not kind_ok.all():
             eligible &= kind_ok[series_index]
         before = running_stream_time(clock.stream_time_ms, ts, eligible)
         # Nothing is late if every ts is past the watermark of the batch's final stream time,
         # the highest any sample is judged against.
         final = max(int(before[-1]), int(ts[-1]) if eligible[-1] else NO_TIME)
-        if int(ts.min()) >= clock.late_watermark(final):
+        if lowest >= clock.late_watermark(final):
             on_time = np.ones(ts.size, dtype=bool)
         else:
             on_time = ts >= clock.late_watermark(before)
@@ -382,7 +390,8 @@ class Aggregator:
             rejected = _no_rejects()
         else:
             rejected = _rejections(
-                ~kind_ok[series_index], ~finite, ~in_time, ~on_time, future_limit,
+                ~kind_ok[series_index], ~finite, None if after_epoch is None else ~after_epoch,
+                ~in_time, ~on_time, future_limit,
                 lambda positions: clock.late_watermark(before[positions]),
             )
             take = np.flatnonzero(accepted)
@@ -732,16 +741,18 @@ def _no_rejects() -> Rejected:
 def _rejections(
     kind_conflict: np.ndarray,
     non_finite: np.ndarray,
+    invalid_timestamp: np.ndarray | None,
     future: np.ndarray,
     late: np.ndarray,
     future_limit: int,
     late_watermark: Callable[[np.ndarray], np.ndarray],
 ) -> Rejected:
-    """Reason per rejected sample, the first that applies in REJECT_REASONS order."""
+    """Reason per rejected sample, the first that applies in the module's precedence."""
     reason = np.full(late.size, -1, dtype=np.int8)
-    for code, mask in ((LATE, late), (FUTURE, future), (NON_FINITE, non_finite),
-                       (KIND_CONFLICT, kind_conflict)):
-        reason[mask] = code
+    for code, mask in ((LATE, late), (FUTURE, future), (INVALID_TIMESTAMP, invalid_timestamp),
+                       (NON_FINITE, non_finite), (KIND_CONFLICT, kind_conflict)):
+        if mask is not None:
+            reason[mask] = code
     positions = np.flatnonzero(reason >= 0)
     reasons = reason[positions]
     bound = np.zeros(positions.size, dtype=np.int64)

@@ -4,7 +4,7 @@ and turn everything unusable into dead letters with a reason (PRODUCT.md §4).""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,9 +14,12 @@ from aiokafka.partitioner import murmur2
 from pipeline.aggregate import Rejected
 from pipeline.batch import KIND_NAMES, SampleBatch
 from pipeline.codec import CodecError, decode, encode
-from pipeline.metricbatch import MetricBatchDecoder
+from pipeline.metricbatch import LabelLimits, MetricBatchDecoder
 
 MAX_DETAIL = 1000
+"""Bytes (UTF-8) of a dead letter's detail: it is part of the dead_letters btree key."""
+FREE_TEXT = frozenset({"description", "message"})
+"""String fields of input records that are prose, stored but never a key: not bounded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +43,45 @@ def partition_for(key: bytes, partitions: int) -> int:
 def dead_letter(origin: Origin, payload: bytes, reason: str, detail: str) -> dict[str, Any]:
     return {"ts_ms": origin.ts_ms, "topic": origin.topic, "partition": origin.partition,
             "offset": origin.offset, "key": origin.key, "payload": payload, "reason": reason,
-            "detail": detail[:MAX_DETAIL]}
+            "detail": storable(detail)}
+
+
+def storable(detail: str) -> str:
+    """A detail fit for the dead_letters key: NUL escaped (PostgreSQL text refuses it) and
+    cut to MAX_DETAIL bytes at a character boundary."""
+    return detail.replace("\x00", "\\x00").encode()[:MAX_DETAIL].decode(errors="ignore")
+
+
+def refused(record_type: str, record: Mapping[str, Any], max_bytes: int, latest_ms: int
+            ) -> tuple[str, str] | None:
+    """(reason, detail) when a decoded input record fits its schema but cannot be used:
+    `invalid_timestamp` (ts_ms before the epoch) or `future` (after `latest_ms`, i.e. now +
+    max future: event time drives every clock downstream); `invalid_text` (a NUL character
+    anywhere: PostgreSQL text and jsonb refuse it); `label_too_long` (a name longer than
+    `max_bytes`: services, instances, matchers and the like end up in btree keys). Prose
+    fields (FREE_TEXT) are not bounded."""
+    ts = record.get("ts_ms")
+    if ts is not None and ts < 0:
+        return "invalid_timestamp", f"{record_type}.ts_ms: {ts} is before 1970-01-01"
+    if ts is not None and ts > latest_ms:
+        return "future", f"{record_type}.ts_ms: {ts} is after now + max future ({latest_ms})"
+    stack: list[tuple[str, Any]] = [(record_type, record)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return "invalid_text", f"{path}: NUL character not allowed"
+            if len(value) * 4 > max_bytes and path.rpartition(".")[2] not in FREE_TEXT \
+                    and len(value.encode()) > max_bytes:
+                return "label_too_long", (f"{path}: {len(value.encode())} bytes, over the "
+                                          f"limit of {max_bytes}")
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                at = f"{path}.{key}" if value is record else f"{path}[{key[:40]!r}]"
+                stack.extend(((at, key), (at, item)))  # a map key is checked like its value
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+    return None
 
 
 @dataclass
@@ -57,8 +98,8 @@ class MetricsInput:
 class MetricsDoor:
     """Decodes MetricBatch messages for one worker; keeps the decoder's label caches."""
 
-    def __init__(self) -> None:
-        self._decoder = MetricBatchDecoder()
+    def __init__(self, limits: LabelLimits = LabelLimits()) -> None:
+        self._decoder = MetricBatchDecoder(limits=limits)
         self._owner: dict[tuple[str, int], int] = {}
 
     def admit(self, payload: bytes | None, origin: Origin) -> MetricsInput:

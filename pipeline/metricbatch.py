@@ -7,8 +7,8 @@ numpy columns, and refuses anything else with a `CodecError` named by the codec'
 Python is left with what is rare: resolving label sets not seen before, and reporting.
 
 A series that is well-formed Avro but unusable (no `service`, no `__name__`, more values
-than timestamps) is left out of the batch and reported as a `SeriesError`, so the caller
-dead-letters it alone and keeps the rest of the message.
+than timestamps, a label set over the `LabelLimits`) is left out of the batch and reported as
+a `SeriesError`, so the caller dead-letters it alone and keeps the rest of the message.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from pipeline.batch import SampleBatch
 from pipeline.codec import CodecError, codec
 
 RECORD = "MetricBatch"
+MAX_CACHED_TABLE_BYTES = 1 << 20
+SIZE_REASONS = frozenset({"too_many_labels", "label_too_long", "series_too_long",
+                          "invalid_text"})
 NAME_LABEL = "__name__"
 SERVICE_LABEL = "service"
 
@@ -33,9 +36,24 @@ class SeriesError:
     """
 
     index: int
-    reason: str  # missing_name | missing_service | duplicate_label | length_mismatch
+    reason: str  # missing_name | missing_service | duplicate_label | length_mismatch |
+    #             too_many_labels | label_too_long | series_too_long | invalid_text
     detail: str
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LabelLimits:
+    """Bounds on one series' labels (`__name__` included), all in UTF-8 bytes but `labels`.
+
+    A series is a key of the metric_aggregates btree, whose entries PostgreSQL caps at
+    about 2.7 kB, and of every per-series cache: past these bounds a label set would break
+    the sink or memory, so it is refused at the door instead (see `Settings.max_labels`).
+    """
+
+    labels: int = 32
+    label_bytes: int = 1024
+    series_bytes: int = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +75,11 @@ class MetricBatchDecoder:
     The caches are bounded; a miss costs one label resolution, never correctness.
     """
 
-    def __init__(self, max_tables: int = 64, max_series: int = 200_000) -> None:
+    def __init__(self, max_tables: int = 64, max_series: int = 200_000,
+                 limits: LabelLimits = LabelLimits()) -> None:
         self.max_tables = max_tables
         self.max_series = max_series
+        self.limits = limits
         self._tables: dict[bytes, _SymbolTable] = {}
         self._metas: dict[tuple[str, ...], SeriesMeta | tuple[str, str]] = {}
         self._entries = 0  # label sets cached over all tables
@@ -78,9 +98,11 @@ class MetricBatchDecoder:
     def _table(self, raw: bytes) -> _SymbolTable:
         table = self._tables.get(raw)
         if table is None:
-            if len(self._tables) >= self.max_tables:
-                del self._tables[next(iter(self._tables))]
-            table = self._tables[raw] = _SymbolTable(_walk.strings(raw))
+            table = _SymbolTable(_walk.strings(raw))
+            if len(raw) <= MAX_CACHED_TABLE_BYTES:  # else one message could pin megabytes
+                if len(self._tables) >= self.max_tables:
+                    del self._tables[next(iter(self._tables))]
+                self._tables[raw] = table
         return table
 
     def _resolve(
@@ -94,7 +116,9 @@ class MetricBatchDecoder:
             self._entries = 0
         meta = self._metas.get(strings)
         if meta is None:
-            meta = self._metas[strings] = _resolve(strings)
+            meta = _resolve(strings, self.limits)
+            if not (isinstance(meta, tuple) and meta[0] in SIZE_REASONS):
+                self._metas[strings] = meta  # a huge refused label set is not kept
         table.series[refs_raw] = meta
         self._entries += 1
         return meta
@@ -149,8 +173,11 @@ def _label_strings(refs: list[int], symbols: list[str], index: int) -> tuple[str
     return tuple([symbols[r] for r in refs])
 
 
-def _resolve(strings: tuple[str, ...]) -> SeriesMeta | tuple[str, str]:
+def _resolve(strings: tuple[str, ...], limits: LabelLimits) -> SeriesMeta | tuple[str, str]:
     labels = dict(zip(strings[::2], strings[1::2], strict=True))
+    too_big = _over_limits(labels, limits)
+    if too_big is not None:
+        return too_big
     if len(labels) * 2 != len(strings):
         names = strings[::2]
         duplicate = next(n for n in names if names.count(n) > 1)
@@ -163,6 +190,34 @@ def _resolve(strings: tuple[str, ...]) -> SeriesMeta | tuple[str, str]:
         return "missing_service", f"no {SERVICE_LABEL} label (name={name})"
     body = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
     return SeriesMeta(f"{name}{{{body}}}", name, service, labels)
+
+
+def _over_limits(labels: dict[str, str], limits: LabelLimits) -> tuple[str, str] | None:
+    """Why a label set is too big to keep, naming it without echoing what is too long."""
+    name = _shown(labels.get(NAME_LABEL, ""))
+    where = f"name={name}, service={_shown(labels.get(SERVICE_LABEL, ''))}"
+    if len(labels) > limits.labels:
+        return "too_many_labels", (f"{len(labels)} labels, over the limit of {limits.labels} "
+                                   f"({where})")
+    total = 0
+    for key, value in labels.items():
+        for part, text in (("name", key), ("value", value)):
+            if "\x00" in text:  # PostgreSQL text and jsonb refuse it
+                return "invalid_text", f"label {_shown(key)} {part}: NUL character ({where})"
+            size = len(text.encode())
+            if size > limits.label_bytes:
+                return "label_too_long", (f"label {_shown(key)} {part} is {size} bytes, "
+                                          f"over the limit of {limits.label_bytes} ({where})")
+            total += size
+    if total > limits.series_bytes:
+        return "series_too_long", (f"labels total {total} bytes, over the limit of "
+                                   f"{limits.series_bytes} ({where})")
+    return None
+
+
+def _shown(text: str) -> str:
+    """A label for a detail: short ones whole, long ones cut (the payload keeps them)."""
+    return repr(text if len(text) <= 64 else text[:61] + "...")
 
 
 def _escape(value: str) -> str:

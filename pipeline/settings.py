@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     max_future_s: float = Field(default=300.0, gt=0)
     series_idle_s: float = Field(default=900.0, gt=0)
 
+    # Label bounds at the door (pipeline/metricbatch.py): a series over any of them is
+    # dead-lettered (too_many_labels, label_too_long, series_too_long). A series is a key
+    # of metric_aggregates' btree (at most ~2.7 kB per entry) and of every cache, so an
+    # unbounded label set would break the sink and memory, not just look odd.
+    max_labels: int = Field(default=32, ge=2)
+    max_label_bytes: int = Field(default=1024, ge=16)
+    max_series_bytes: int = Field(default=2048, ge=64, le=2400)
+
     # Detection (agents/detect.py): the window width scored by the detectors (default the
     # smallest), the season of their seasonal features (0 turns them off), the one
     # sensitivity knob, how long an anomaly's alert stays firing without a new anomaly,
