@@ -92,7 +92,7 @@ def assert_matches(batch: SampleBatch, record: dict[str, Any]) -> None:
     assert batch.values.view(np.int64).tolist() == expected.view(np.int64).tolist()
 
 
-label_values = st.text(st.characters(exclude_characters="\x00"), max_size=6)  # NUL: invalid_text
+label_values = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=6)
 
 
 @st.composite
