@@ -68,6 +68,7 @@ class CheckpointedStage(ABC, Generic[S]):
         self._jobs: asyncio.Queue[tuple[int, asyncio.Future[None], bytes, list[Any]]] = \
             asyncio.Queue(maxsize=MAX_CHECKPOINTS_IN_FLIGHT)
         self._committer: asyncio.Future[None] | None = None
+        self._last_write: asyncio.Future[None] | None = None
 
     # -- what a stage defines ------------------------------------------------------------
 
@@ -140,7 +141,11 @@ class CheckpointedStage(ABC, Generic[S]):
         await, so the snapshot taken next holds none of it; the committer makes that output
         durable, then publishes the snapshot, then acks — in checkpoint order.
         """
-        writing = asyncio.ensure_future(self.flush(number, part.state))
+        if self._last_write is not None and not self._last_write.done():
+            # Output leaves in checkpoint order (downstream stages rely on it): the next
+            # flush starts when the previous one has written, not before.
+            await asyncio.wait([self._last_write])
+        writing = self._last_write = asyncio.ensure_future(self.flush(number, part.state))
         await asyncio.sleep(0)  # let `flush` take its output now, before the snapshot
         offsets = json.dumps(part.offsets).encode()
         blob = _HEADER.pack(len(offsets)) + offsets + self.snapshot(part.state)
