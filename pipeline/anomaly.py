@@ -11,8 +11,12 @@ whole window, so records are grouped: a group is judged when a record of another
 arrives, or when the stage sees its partition go quiet (`close_group`). A group whose start
 is not after the last judged one of its width is a replayed duplicate and is dropped.
 
-**Series of interest** (`SERIES_FIELDS`): OBSERVATION → p99, COUNTER → rate, GAUGE → mean,
-on windows of the detection width. Plus one derived series per service and counter name
+**Series of interest** (`SERIES_FIELDS`): OBSERVATION → p99 and p50, COUNTER → rate,
+GAUGE → mean, on windows of the detection width, each field with its own detector. The
+median is there because a p99 of the few observations a quiet service makes in a window is
+too noisy to show a regression that doubles every latency (it shows in the median at once);
+a series whose fields break out together still makes one anomaly per window, of the first
+field in that order. Plus one derived series per service and counter name
 ending in `_total` whose series carry a `code` or `status` label: the error ratio, sum of
 the rate of series whose code starts with 5 over the sum of all of them, named
 `<name>:error_ratio` (field `ratio`). A window with no traffic has no ratio.
@@ -47,8 +51,9 @@ from pipeline.aggregate import ClosedWindow
 from pipeline.detect import Detector, DetectorConfig, OutOfOrder, Score, classify, severity
 from pipeline.rules import RuleSet
 
-SERIES_FIELDS: dict[str, str] = {"OBSERVATION": "p99", "COUNTER": "rate", "GAUGE": "mean"}
-"""The aggregate field scored for each metric kind."""
+SERIES_FIELDS: dict[str, tuple[str, ...]] = {
+    "OBSERVATION": ("p99", "p50"), "COUNTER": ("rate",), "GAUGE": ("mean",)}
+"""The aggregate fields scored for each metric kind, the one reported first."""
 ERROR_LABELS = ("code", "status")
 ERROR_RATIO_SUFFIX = ":error_ratio"
 CONTEXT_KINDS = frozenset({"DEPLOYMENT", "CONFIG_CHANGE", "SCALING"})
@@ -125,10 +130,10 @@ def points(windows: Iterable[ClosedWindow]) -> list[Point]:
     out: list[Point] = []
     ratios: dict[tuple[str, str], list[float]] = {}  # (service, name) → [5xx rate, all rate]
     for w in windows:
-        wanted = SERIES_FIELDS.get(w.kind, "")
-        value = getattr(w, wanted) if wanted else None
-        if value is not None and math.isfinite(value):
-            out.append(Point(w.series_id, w.name, w.service, w.labels, wanted, value))
+        for wanted in SERIES_FIELDS.get(w.kind, ()):
+            value = getattr(w, wanted)
+            if value is not None and math.isfinite(value):
+                out.append(Point(w.series_id, w.name, w.service, w.labels, wanted, value))
         if w.kind == "COUNTER" and w.rate is not None and w.name.endswith("_total"):
             code = next((w.labels[k] for k in ERROR_LABELS if k in w.labels), None)
             if code is not None:
@@ -315,8 +320,8 @@ class DetectState:
                 continue
             self._dirty.add(key)
             self._last_ms[key] = start_ms
-            if score.is_anomaly:
-                scored.append((point, score))
+            if score.is_anomaly and (not scored or scored[-1][0].series_id != point.series_id):
+                scored.append((point, score))  # a series' fields come together, in order
         out = Detected()
         if not scored:
             return out

@@ -99,6 +99,7 @@ def test_series_of_interest_and_error_ratios() -> None:
     found = {(p.series_id, p.field): p.value for p in points(windows)}
     assert found == {
         ('http_request_duration_seconds{service="checkout"}', "p99"): 0.3,
+        ('http_request_duration_seconds{service="checkout"}', "p50"): pytest.approx(0.1),
         ('cpu_utilization{service="checkout"}', "mean"): 0.4,
         ('http_requests_total{code="200",service="checkout"}', "rate"): 90.0,
         ('http_requests_total{code="503",service="checkout"}', "rate"): 10.0,
@@ -184,6 +185,27 @@ def test_error_ratio_increase_and_correlated_anomalies() -> None:
                                                                   "LatencySpike"}
 
 
+def test_a_median_regression_is_an_anomaly_of_p50_and_fields_breaking_together_one() -> None:
+    rng = np.random.default_rng(4)
+    windows = [[record("http_request_duration_seconds", "checkout", T0 + i * W,
+                       p99=float(rng.uniform(0.2, 0.6)), p50=float(rng.uniform(0.08, 0.1)))]
+               for i in range(WARMUP)]
+    # The median doubles; the p99 stays inside its (noisy) range.
+    windows.append([record("http_request_duration_seconds", "checkout", T0 + WARMUP * W,
+                           p99=0.5, p50=0.2)])
+    # Later both break out at once: one anomaly, reported on the p99.
+    windows += [[record("http_request_duration_seconds", "checkout", T0 + i * W,
+                        p99=float(rng.uniform(0.2, 0.6)), p50=float(rng.uniform(0.08, 0.1)))]
+                for i in range(WARMUP + 1, WARMUP + 60)]
+    windows.append([record("http_request_duration_seconds", "checkout",
+                           T0 + (WARMUP + 60) * W, p99=5.0, p50=2.0)])
+    out = run(fresh(), windows)
+    assert [(a["window_start_ms"], a["type"]) for a in out.anomalies] == [
+        (T0 + WARMUP * W, "LATENCY_SPIKE"), (T0 + (WARMUP + 60) * W, "LATENCY_SPIKE")]
+    assert [c["labels"]["field"] for c in out.conditions] == ["p50", "p99"]
+    assert [r["context"]["field"] for r in out.rows] == ["p50", "p99"]
+
+
 def test_rules_are_judged_per_window_and_their_conditions_are_alert_conditions() -> None:
     rules = RuleSet([ThresholdRule(kind="ThresholdRule", name="Slow",
                                    selector=parse_selector("http_request_duration_seconds"),
@@ -236,8 +258,8 @@ def test_snapshot_restore_continues_identically_and_reuses_untouched_frames(
     monkeypatch.setattr(Detector, "to_bytes", counted)
     run(restored, [[latency("checkout", T0 + (WARMUP + 1) * W, 0.2)]])
     after = restored.snapshot()
-    assert calls == [1]  # only checkout's detector learned since the last snapshot
-    assert restored.snapshot() == after and calls == [1]
+    assert calls == [1, 1]  # only checkout's detectors (p99, p50) learned since the last one
+    assert restored.snapshot() == after and calls == [1, 1]
 
 
 def test_snapshot_keeps_the_window_being_received() -> None:
@@ -246,7 +268,7 @@ def test_snapshot_keeps_the_window_being_received() -> None:
     restored = DetectState.restore(state.snapshot(), CONFIG, RuleSet([]))
     assert restored.has_group
     assert restored.add_window(latency("checkout", T0 + W, 0.2), CATALOG.get) is not None
-    assert restored.detector_count == 1
+    assert restored.detector_count == 2  # p99 and p50
 
 
 def test_a_foreign_snapshot_is_refused() -> None:
