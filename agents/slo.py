@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from agents.checkpoint import CheckpointedStage, Partition
-from agents.ingest import DeadLetterBox, origin_of
+from agents.ingest import DeadLetterBox, check, origin_of
 from pipeline.app import Vigil
 from pipeline.codec import CodecError, decode, encode
 from pipeline.envelope import wrap
@@ -254,12 +254,14 @@ class SloStage(CheckpointedStage[SloPartition]):
             record = decode(record_type, value)
             if source == WINDOWS:
                 state.window(record)
-            else:
+            elif check(self.settings, record_type, record) is None:
                 state.health(record)
         except (CodecError, SliError) as exc:
-            reason = "undecodable" if isinstance(exc, CodecError) else "sli_unusable"
-            origin = origin_of(event, self.settings.partitions)
-            self.dead_letters.add([dead_letter(origin, value, reason, str(exc))])
+            # Bad health input is dead-lettered once, by its door: the alerts stage.
+            if source == WINDOWS or isinstance(exc, SliError):
+                reason = "undecodable" if isinstance(exc, CodecError) else "sli_unusable"
+                origin = origin_of(event, self.settings.partitions)
+                self.dead_letters.add([dead_letter(origin, value, reason, str(exc))])
         statuses, alerts = state.drain()
         outbox = self.vigil.outbox
         for status in statuses:
