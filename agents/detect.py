@@ -16,7 +16,7 @@ from faust.types import TP
 from psycopg.types.json import Jsonb
 
 from agents.checkpoint import CheckpointedStage
-from agents.ingest import DeadLetterBox, origin_of
+from agents.ingest import DeadLetterBox, check, origin_of
 from pipeline.anomaly import DetectConfig, Detected, DetectState
 from pipeline.app import Vigil
 from pipeline.codec import CodecError, decode, encode
@@ -108,7 +108,10 @@ class DetectStage(CheckpointedStage[DetectPartition]):
             self._reject(event, "undecodable", str(exc))
             return False
         key = change["service"].encode()
-        if not change["service"]:
+        problem = check(self.settings, "ChangeEvent", change)
+        if problem is not None:
+            self._reject(event, *problem)
+        elif not change["service"]:
             self._reject(event, "missing_service", "ChangeEvent.service: empty")
         elif partition_for(key, self.settings.partitions) != partition:
             self.vigil.outbox.add("events", key, event.value)
