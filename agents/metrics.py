@@ -18,6 +18,7 @@ from pipeline.aggregate import Aggregator, WindowAggregates
 from pipeline.app import Vigil
 from pipeline.codec import encode
 from pipeline.ingest import MetricsDoor, rejected_dead_letters
+from pipeline.metricbatch import LabelLimits
 from pipeline.selfmetrics import (
     ACTIVE_SERIES,
     AGGREGATED_SAMPLES,
@@ -50,7 +51,9 @@ class MetricsStage(CheckpointedStage[MetricsState]):
 
     def __init__(self, vigil: Vigil) -> None:
         super().__init__(vigil)
-        self.door = MetricsDoor()
+        s = vigil.settings
+        self.door = MetricsDoor(LabelLimits(s.max_labels, s.max_label_bytes,
+                                            s.max_series_bytes))
         self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)
         # Latency SLIs need "observations <= le", which only the window's sketch knows.
         config = vigil.settings.config_dir
