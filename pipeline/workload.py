@@ -504,7 +504,8 @@ def _windows(sid: str, chunk: Chunk, ts: np.ndarray, values: np.ndarray,
         yield ExpectedWindow(
             sid, chunk.name, chunk.labels["service"], chunk.kind, width_s, int(start),
             int(w_values.size), total, float(w_values.min()), float(w_values.max()),
-            total / w_values.size, float(w_values[np.argmax(w_ts)]), **extra)
+            total / w_values.size, float(w_values[w_ts.size - 1 - np.argmax(w_ts[::-1])]),
+            **extra)  # `last`: the largest ts_ms, the later in input order on a tie
 
 
 @dataclass
