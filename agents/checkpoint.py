@@ -31,6 +31,10 @@ OUTPUT_DELAY_S = 0.05
 """Output someone waits for (closed windows, alerts) is checkpointed this soon: often
 enough for the latency targets, rarely enough that one database round trip and one
 broker flush carry many messages' worth of results."""
+SNAPSHOT_SHARE = 0.1
+MAX_OUTPUT_DELAY_S = 0.15
+"""A large state costs milliseconds to snapshot: output then waits longer, so that
+snapshots take at most SNAPSHOT_SHARE of the time, but never longer than this."""
 _HEADER = struct.Struct("<I")
 
 
@@ -41,10 +45,11 @@ class Partition(Generic[S]):
     pending: list[Any] = field(default_factory=list)  # events to ack at the next checkpoint
     output_waiting: bool = False
     last_checkpoint: float = field(default_factory=time.monotonic)
+    output_delay: float = OUTPUT_DELAY_S
 
     def due(self, now: float) -> bool:
         since = now - self.last_checkpoint
-        return ((self.output_waiting and since >= OUTPUT_DELAY_S)
+        return ((self.output_waiting and since >= self.output_delay)
                 or len(self.pending) >= CHECKPOINT_EVERY_MESSAGES
                 or (bool(self.pending) and since >= CHECKPOINT_EVERY_S))
 
@@ -148,10 +153,13 @@ class CheckpointedStage(ABC, Generic[S]):
         writing = self._last_write = asyncio.ensure_future(self.flush(number, part.state))
         await asyncio.sleep(0)  # let `flush` take its output now, before the snapshot
         offsets = json.dumps(part.offsets).encode()
+        started = time.monotonic()
         blob = _HEADER.pack(len(offsets)) + offsets + self.snapshot(part.state)
         events, part.pending = part.pending, []
         part.output_waiting = False
-        part.last_checkpoint = time.monotonic()
+        part.last_checkpoint = now = time.monotonic()
+        part.output_delay = min(max(OUTPUT_DELAY_S, (now - started) / SNAPSHOT_SHARE),
+                                MAX_OUTPUT_DELAY_S)
         if self._committer is None:
             self._committer = asyncio.ensure_future(self._commit_in_order())
         await self._jobs.put((number, writing, blob, events))

@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 
 from agents.checkpoint import CheckpointedStage
 from agents.ingest import DeadLetterBox, check, origin_of
+from pipeline.aggregate_codec import decode_windows
 from pipeline.anomaly import DetectConfig, Detected, DetectState
 from pipeline.app import Vigil
 from pipeline.codec import CodecError, decode, encode
@@ -91,14 +92,15 @@ class DetectStage(CheckpointedStage[DetectPartition]):
 
     def _window(self, state: DetectPartition, event: Any) -> None:
         try:
-            record = decode("WindowAggregate", event.value)
+            records = decode_windows(event.value or b"")
         except CodecError as exc:
             self._reject(event, "undecodable", str(exc))
             return
         state.heard = True
-        judged = state.core.add_window(record, self._catalog)
-        if judged:
-            state.pending.extend(judged)
+        for record in records:
+            judged = state.core.add_window(record, self._catalog)
+            if judged:
+                state.pending.extend(judged)
 
     def _change(self, partition: int, state: DetectPartition, event: Any) -> bool:
         """True when the event was re-produced to the partition that owns its service."""

@@ -1,22 +1,21 @@
 """vigil.metrics → event-time windows → metric_aggregates, vigil.aggregates, and the
-internal windows topic (keyed by service) that detection and SLOs read."""
+internal windows topic (keyed by service; each message a window's records of one service, back
+to back) that detection and SLOs read."""
 
 from __future__ import annotations
 
 import json
 import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
-
-from psycopg.types.json import Jsonb
 
 from agents.checkpoint import CheckpointedStage
 from agents.ingest import DeadLetterBox, origin_of
 from pipeline.aggregate import Aggregator, WindowAggregates
+from pipeline.aggregate_codec import COPY_COLUMNS, AggregateEncoder, windows_messages
 from pipeline.app import Vigil
-from pipeline.codec import encode
 from pipeline.ingest import MetricsDoor, rejected_dead_letters
 from pipeline.metricbatch import LabelLimits
 from pipeline.selfmetrics import (
@@ -32,7 +31,7 @@ from pipeline.selfmetrics import (
     WINDOWS_CLOSED,
 )
 from pipeline.sinks.timescale import METRIC_AGGREGATES
-from pipeline.slo import le_bounds, le_key, load_slos
+from pipeline.slo import le_bounds, load_slos
 
 
 @dataclass
@@ -57,7 +56,8 @@ class MetricsStage(CheckpointedStage[MetricsState]):
         self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)
         # Latency SLIs need "observations <= le", which only the window's sketch knows.
         config = vigil.settings.config_dir
-        self.le_bounds = le_bounds(slo for slo, _ in load_slos(config)) if config else ()
+        self.encoder = AggregateEncoder(
+            le_bounds(slo for slo, _ in load_slos(config)) if config else ())
 
     def new_state(self, partition: int) -> MetricsState:
         s = self.settings
@@ -77,7 +77,7 @@ class MetricsStage(CheckpointedStage[MetricsState]):
 
     async def process(self, partition: int, state: MetricsState, event: Any) -> bool:
         started = time.perf_counter()
-        CONSUMED_MESSAGES.labels("metrics").inc()
+        _CONSUMED.inc()
         origin = origin_of(event, self.settings.partitions)
         source = rerouted_from(event.message.headers)
         if source is not None:
@@ -88,11 +88,12 @@ class MetricsStage(CheckpointedStage[MetricsState]):
         self.dead_letters.add(admitted.dead_letters)
         for reason, samples in admitted.dead_samples.items():
             DEAD_LETTERED_SAMPLES.labels(reason).inc(samples)
-        header: list[tuple[str, str | bytes | None]] = [
-            (REROUTED_HEADER, f"{origin.partition}:{origin.offset}".encode())]
-        for key, payload in admitted.rerouted:
-            self.vigil.outbox.add("metrics", key, payload, headers=header)
-            REPARTITIONED.inc()
+        if admitted.rerouted:
+            header: list[tuple[str, str | bytes | None]] = [
+                (REROUTED_HEADER, f"{origin.partition}:{origin.offset}".encode())]
+            for key, payload in admitted.rerouted:
+                self.vigil.outbox.add("metrics", key, payload, headers=header)
+                REPARTITIONED.inc()
         batch = admitted.batch
         if batch is not None:
             CONSUMED_SAMPLES.inc(batch.sample_count)
@@ -108,54 +109,36 @@ class MetricsStage(CheckpointedStage[MetricsState]):
             if closed:
                 state.closed.extend(closed)
                 state.closable_since = state.closable_since or started
-        PROCESSING_SECONDS.labels("metrics").observe(time.perf_counter() - started)
+        _PROCESSING.observe(time.perf_counter() - started)
         return bool(state.closed or len(self.dead_letters) or admitted.rerouted)
 
     async def flush(self, partition: int, state: MetricsState) -> None:
-        rows = []
-        for window in state.closed:
-            rows.extend(self._rows(window))
+        closed, state.closed = state.closed, []
+        encoded = [self.encoder.encode(window, self._catalog) for window in closed]
+        for window in closed:
             WINDOWS_CLOSED.labels(str(window.width_s)).inc(len(window))
-        state.closed = []
-        await self.vigil.database.upsert(METRIC_AGGREGATES, rows)
+        await self.vigil.database.upsert_copy(
+            METRIC_AGGREGATES, COPY_COLUMNS, [r for e in encoded for r in e.rows])
         await self.dead_letters.write()
-        for row in rows:
-            payload = encode("WindowAggregate", row["record"])
-            self.vigil.outbox.add("aggregates", row["series_id"].encode(), payload)
-            self.vigil.outbox.add("internal.windows", row["service"].encode(), payload)
+        add = self.vigil.outbox.add
+        for out in encoded:
+            for series_id, record in zip(out.series_ids, out.records, strict=True):
+                add("aggregates", series_id.encode(), record)
+            for service, payload in windows_messages(out):
+                add("internal.windows", service.encode(), payload)
         if state.closable_since is not None:
             WINDOW_CLOSE_DELAY.observe(time.perf_counter() - state.closable_since)
             state.closable_since = None
         ACTIVE_SERIES.set(sum(p.state.aggregator.series_count
                               for p in self.partitions.values()))
 
-    def _rows(self, window: WindowAggregates) -> list[dict[str, Any]]:
-        bucket = datetime.fromtimestamp(window.window_start_ms / 1000, UTC)
-        end_ms = window.window_start_ms + window.width_s * 1000
-        le_counts = {le_key(le): window.count_at_most(le).tolist() for le in self.le_bounds}
-        rows = []
-        for i, closed in enumerate(window):
-            info = self.vigil.catalog.get(closed.service) if self.vigil.catalog else None
-            enrichment = {k: (info[k] if info else None) for k in ("team", "tier", "environment")}
-            values = {"count": closed.count, "sum": closed.sum, "min": closed.min,
-                      "max": closed.max, "mean": closed.mean, "last": closed.last,
-                      "increase": closed.increase, "rate": closed.rate, "p50": closed.p50,
-                      "p90": closed.p90, "p95": closed.p95, "p99": closed.p99}
-            record = {"series_id": closed.series_id, "name": closed.name,
-                      "service": closed.service, "labels": closed.labels, "kind": closed.kind,
-                      "width_s": closed.width_s, "window_start_ms": closed.window_start_ms,
-                      "window_end_ms": end_ms, **enrichment, **values,
-                      "le_counts": ({k: float(v[i]) for k, v in le_counts.items()}
-                                    if closed.kind == "OBSERVATION" else {})}
-            rows.append({"bucket": bucket, "width_s": closed.width_s,
-                         "service": closed.service, "name": closed.name,
-                         "labels": Jsonb(closed.labels), "kind": closed.kind,
-                         "series_id": closed.series_id, "record": record,
-                         **enrichment, **values})
-        return rows
+    def _catalog(self, service: str) -> Mapping[str, Any] | None:
+        return self.vigil.catalog.get(service) if self.vigil.catalog else None
 
 
 REROUTED_HEADER = "vigil-rerouted-from"
+_CONSUMED = CONSUMED_MESSAGES.labels("metrics")  # label lookups cost a microsecond or two
+_PROCESSING = PROCESSING_SECONDS.labels("metrics")
 _MARKS = struct.Struct("<I")
 
 

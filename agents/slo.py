@@ -26,6 +26,7 @@ import numpy as np
 
 from agents.checkpoint import CheckpointedStage, Partition
 from agents.ingest import DeadLetterBox, check, origin_of
+from pipeline.aggregate_codec import decode_windows
 from pipeline.app import Vigil
 from pipeline.codec import CodecError, decode, encode
 from pipeline.envelope import wrap
@@ -251,17 +252,21 @@ class SloStage(CheckpointedStage[SloPartition]):
         record_type = "WindowAggregate" if source == WINDOWS else "HealthCheckResult"
         value = event.value or b""
         try:
-            record = decode(record_type, value)
-            if source == WINDOWS:
-                state.window(record)
-            elif check(self.settings, record_type, record) is None:
-                state.health(record)
-        except (CodecError, SliError) as exc:
+            records = (decode_windows(value) if source == WINDOWS
+                       else [decode(record_type, value)])
+        except CodecError as exc:
+            records = []
             # Bad health input is dead-lettered once, by its door: the alerts stage.
-            if source == WINDOWS or isinstance(exc, SliError):
-                reason = "undecodable" if isinstance(exc, CodecError) else "sli_unusable"
-                origin = origin_of(event, self.settings.partitions)
-                self.dead_letters.add([dead_letter(origin, value, reason, str(exc))])
+            if source == WINDOWS:
+                self._reject(event, value, "undecodable", str(exc))
+        for record in records:  # an internal.windows message carries many
+            try:
+                if source == WINDOWS:
+                    state.window(record)
+                elif check(self.settings, record_type, record) is None:
+                    state.health(record)
+            except SliError as exc:
+                self._reject(event, encode(record_type, record), "sli_unusable", str(exc))
         statuses, alerts = state.drain()
         outbox = self.vigil.outbox
         for status in statuses:
@@ -272,6 +277,10 @@ class SloStage(CheckpointedStage[SloPartition]):
                        wrap("AlertCondition", condition(alert)))
         PROCESSING_SECONDS.labels(source).observe(time.perf_counter() - started)
         return False
+
+    def _reject(self, event: Any, payload: bytes, reason: str, detail: str) -> None:
+        origin = origin_of(event, self.settings.partitions)
+        self.dead_letters.add([dead_letter(origin, payload, reason, detail)])
 
     async def flush(self, partition: int, state: SloPartition) -> None:
         rows = self.rows.pop(partition, [])

@@ -24,6 +24,8 @@ from psycopg.types.json import Jsonb
 from pipeline.selfmetrics import DB_WRITE_FAILURES, DB_WRITE_SECONDS
 
 log = logging.getLogger(__name__)
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # binary COPY: no flags, no extension
+_COPY_TRAILER = b"\xff\xff"
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,11 @@ class UpsertTable:
         return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) "
                        "ON COMMIT DELETE ROWS").format(stage=self._stage, table=self._table)
 
-    def copy(self) -> sql.Composed:
-        return sql.SQL("COPY {stage} ({cols}) FROM STDIN").format(
-            stage=self._stage, cols=sql.SQL(", ").join(map(sql.Identifier, self.columns)))
+    def copy(self, columns: Sequence[str] | None = None, binary: bool = False) -> sql.Composed:
+        return sql.SQL("COPY {stage} ({cols}) FROM STDIN{format}").format(
+            stage=self._stage,
+            cols=sql.SQL(", ").join(map(sql.Identifier, columns or self.columns)),
+            format=sql.SQL(" (FORMAT BINARY)" if binary else ""))
 
     def merge(self) -> sql.Composed:
         updates = self.update if self.update is not None else tuple(
@@ -176,12 +180,14 @@ class Database:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
         self._max_backoff_s = max_backoff_s
+        self._staged: set[str] = set()  # tables whose temp stage this session has made
         self.healthy = False
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
             # autocommit: each write is its own explicit transaction block, and a ping
             # never leaves one open for a later write to hide inside as a savepoint.
+            self._staged.clear()
             self._conn = await psycopg.AsyncConnection.connect(self._dsn, connect_timeout=5,
                                                                autocommit=True)
         return self._conn
@@ -192,14 +198,40 @@ class Database:
             return
         params = table.unique_rows(rows)
 
+        async def fill(copy: psycopg.AsyncCopy) -> None:
+            for values in params:
+                await copy.write_row(values)
+
+        await self._copy_merge(table, table.copy(), fill)
+
+    async def upsert_copy(self, table: UpsertTable, columns: Sequence[str],
+                          rows: Sequence[bytes]) -> None:
+        """Like `upsert`, for rows already encoded as binary COPY tuples of these columns
+        (e.g. by `pipeline.aggregate_codec`): one write instead of a Python call per row and
+        value. The rows must be unique on the table's key."""
+        if not rows:
+            return
+        data = b"".join((_COPY_SIGNATURE, *rows, _COPY_TRAILER))
+
+        async def fill(copy: psycopg.AsyncCopy) -> None:
+            await copy.write(data)
+
+        await self._copy_merge(table, table.copy(columns, binary=True), fill)
+
+    async def _copy_merge(self, table: UpsertTable, statement: sql.Composed,
+                          fill: Callable[[psycopg.AsyncCopy], Awaitable[None]]) -> None:
+        """COPY into the session's stage table, then merge into the table, in one
+        transaction; the stage is created once per session."""
+
         async def write(cursor: psycopg.AsyncCursor[Any]) -> None:
-            await cursor.execute(table.stage())
-            async with cursor.copy(table.copy()) as copy:
-                for values in params:
-                    await copy.write_row(values)
+            if table.name not in self._staged:
+                await cursor.execute(table.stage())
+            async with cursor.copy(statement) as copy:
+                await fill(copy)
             await cursor.execute(table.merge())
 
         await self._retrying(table.name, write)
+        self._staged.add(table.name)  # committed, so the session keeps its temp table
 
     async def update(self, table: UpdateRows, rows: Sequence[Mapping[str, Any]]) -> None:
         """Apply a parameterised UPDATE per row in one transaction, retrying like upsert."""
