@@ -308,14 +308,28 @@ def bench_ingest(workload: list[str] = typer.Option(["standard", "scrape"], "--w
 
 
 def _redact(dsn: str) -> str:
-    """Connection strings may carry passwords; never print them."""
-    from urllib.parse import urlsplit, urlunsplit
+    """Connection strings may carry passwords (in a URL's user part or query, or as a
+    `password=` keyword); never print them."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-    parts = urlsplit(dsn)
-    if parts.password is None:
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except ProgrammingError:
+        return "<connection string that does not parse>"
+    if "password" not in params:
         return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if "://" not in dsn:
+        return make_conninfo("", **{**params, "password": "***"})
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)],
+                      safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def main() -> None:

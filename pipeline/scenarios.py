@@ -357,7 +357,13 @@ def cascading_failure(seed: int = 0, warmup_s: float = 7200.0,
 
 def load_catalog(path: Path = DEMO_CATALOG) -> list[dict[str, Any]]:
     """ServiceInfo dicts from a YAML list, checked against the record and each other."""
-    entries = yaml.safe_load(path.read_text())
+    try:
+        entries = yaml.safe_load(path.read_text())  # the safe loader: no tags run code
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = str(exc.problem or exc).replace("tag:yaml.org,2002:", "!!")
+        raise ValueError(f"{path}{line}: invalid YAML: {problem}") from exc
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a YAML list of services")
     out = []
