@@ -1,16 +1,19 @@
 """The labelled scenarios (pipeline/scenarios.py) end to end through real workers, broker
-and database: detection delay, false alerts, the cascade's one incident, the deployment in
-the regression's context, and a kill -9 in the middle that changes no result.
+and database (issue 4's done-criteria): every incident detected within two windows, under
+5 % of alerts false, the cascade as one incident rooted at db, the deployment in the
+regression's context, a kill -9 in the middle that changes no row, and a quiet seasonal day.
 
 Every incident scenario runs at once in one worker, each under its own service names
-(`cf-db`, `ls-checkout`, ...), all shifted by whole days so they end before now (the door
+(`cf-db`, `ls-checkout`, ...), all moved back by whole days so they end before now (the door
 rejects samples from the future) and merged into one event-time stream: samples 10 s slice
 by 10 s slice, one message per service and slice, so services sharing a partition stay
-within the grace. Change events go to vigil.events before the slice they fall in, catalog
+within the grace. Change events go to vigil.events after the slice they fall in, catalog
 entries to vigil.catalog first. Detection runs on 10 s windows without a season.
 
-The seasonal scenario needs a season: it runs apart, on 60 s windows, for three days (the
-detectors warm up for a day plus 120 windows, and judge the last two days).
+The crash test runs the cascade alone twice, undisturbed and killed, each with its own
+topics and database: the reference must have had the same input, since other scenarios'
+alerts move the incident stage's event time. The seasonal scenario needs a season: it runs
+apart, on 60 s windows, for three days (a day plus 120 windows of warm-up, two days judged).
 
 Judging is `bench.detection_quality.judge`, the same as the offline benchmark's.
 """
@@ -22,7 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ from pipeline.codec import encode
 from pipeline.kafka import client_config, create_topics
 from pipeline.local.servers import Endpoints
 from pipeline.producer import MetricsProducer, producer_config
-from pipeline.scenarios import DAY_S, SCENARIOS, Scenario
+from pipeline.scenarios import DAY_S, SCENARIOS, Scenario, seasonal
 from pipeline.settings import Settings
 from pipeline.workload import Chunk
 from tests.integration.harness import Worker, wait_for
@@ -48,7 +51,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # a busy machi
 
 DAY_MS = DAY_S * 1000
 WIDTH_S = 10
-GRACE_MS = 5_000
 KEEP_FIRING_MS = 300_000  # VIGIL_DETECT_KEEP_FIRING_S default
 PREFIXES = {"latency_spike": "ls", "error_burst": "eb", "throughput_drop": "td",
             "saturation_leak": "sl", "deployment_regression": "dr", "cascading_failure": "cf"}
@@ -233,29 +235,31 @@ def another_database(endpoints: Endpoints) -> Iterator[str]:
 
 
 # No SLO is configured here, so the SLO stage would only read every window record again.
-ENV = {"VIGIL_DETECT_SEASON_S": "0",
-       "VIGIL_STAGES": json.dumps([stage for stage in STAGES if stage != "slo"])}
+STAGES_ENV = {"VIGIL_STAGES": json.dumps([stage for stage in STAGES if stage != "slo"])}
+ENV = {**STAGES_ENV, "VIGIL_DETECT_SEASON_S": "0"}
+SEASONAL_ENV = {**STAGES_ENV, "VIGIL_WINDOW_WIDTHS_S": "[60]", "VIGIL_DETECT_WIDTH_S": "60",
+                "VIGIL_DETECT_SEASON_S": str(DAY_S)}
 
 
-def run(settings: Settings, log_dir: Path, scenario: Scenario,
-        crash_after: str | None = None) -> None:
+def run(settings: Settings, log_dir: Path, scenario: Scenario, env: dict[str, str] = ENV,
+        width_s: int = WIDTH_S, crash_after: str | None = None) -> None:
     """Feed the whole scenario to a worker; with `crash_after` (a service), kill -9 the
     worker as soon as that service's first anomaly is in the database, while input is
     still arriving, and go on with a new one."""
     create_topics(settings)
     dsn = settings.database_dsn() or ""
-    feeder = Feeder(settings, scenario, WIDTH_S)
-    worker = Worker(settings, log_dir, "worker", **ENV).start()
+    feeder = Feeder(settings, scenario, width_s)
+    worker = Worker(settings, log_dir, "worker", **env).start()
     try:
         feeder.catalog()
         if crash_after is not None:
             first = min(i.start_ms for i in scenario.incidents if i.service == crash_after)
-            feeder.until(slice_end(scenario, first + 120_000, feeder.slice_ms))
+            feeder.until(slice_end(scenario, first + 30_000, feeder.slice_ms))
             wait_for(lambda: query(dsn, "SELECT 1 FROM anomalies WHERE service = %s",
                                    crash_after), 180, f"an anomaly of {crash_after}")
             feeder.until(slice_end(scenario, first + 900_000, feeder.slice_ms))
             worker.kill()
-            worker = Worker(settings, log_dir, "restarted", **ENV).start()
+            worker = Worker(settings, log_dir, "restarted", **env).start()
         fed = time.monotonic()
         feeder.until(scenario.end_ms)
         print(f"\nfed in {time.monotonic() - fed:.0f} s", end="")
@@ -283,7 +287,7 @@ def outcome(dsn: str, services: Sequence[str]) -> dict[str, list[dict[str, Any]]
             if row.get("incident_id") is not None:
                 row["incident_id"] = names[row["incident_id"]]
             if "event" in row and row.get("event_id"):  # incident_events: INC-…:<n>
-                row["event_id"] = row["incident_id"] + row["event_id"].rpartition(":")[1]
+                row["event_id"] = f"{row['incident_id']}:{row['event_id'].rpartition(':')[2]}"
             out.append(row)
         return sorted(out, key=repr)
 
@@ -298,31 +302,15 @@ def outcome(dsn: str, services: Sequence[str]) -> dict[str, list[dict[str, Any]]
                 sql.Literal(list(names))))}
 
 
-@dataclass(frozen=True)
-class Run:
-    settings: Settings
-    scenario: Scenario
-    elapsed_s: float
-
-
-@pytest.fixture(scope="module")
-def undisturbed(parts: dict[str, Scenario], kafka_bootstrap: str, database_url: str,
-                tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """Every incident scenario through one worker, start to end."""
-    home = tmp_path_factory.mktemp("undisturbed")
-    settings = Settings(home=home / "home", kafka_bootstrap=kafka_bootstrap,
-                        database_url=SecretStr(database_url),
-                        topic_prefix=f"t{uuid.uuid4().hex[:10]}.", partitions=2)
-    everything = merged("incidents", list(parts.values()))
-    started = time.monotonic()
-    run(settings, home, everything)
-    return Run(settings, everything, time.monotonic() - started)
-
-
 # -- the tests -------------------------------------------------------------------------------
 
-def test_incident_scenarios_end_to_end(parts: dict[str, Scenario], undisturbed: Run) -> None:
-    dsn = undisturbed.settings.database_dsn() or ""
+def test_incident_scenarios_end_to_end(parts: dict[str, Scenario], settings: Settings,
+                                       tmp_path: Path) -> None:
+    everything = merged("incidents", list(parts.values()))
+    started = time.monotonic()
+    run(settings, tmp_path, everything)
+    elapsed_s = time.monotonic() - started
+    dsn = settings.database_dsn() or ""
     assert query(dsn, "SELECT reason, count(*) FROM dead_letters GROUP BY reason") == []
     results = found(dsn)
 
@@ -330,11 +318,11 @@ def test_incident_scenarios_end_to_end(parts: dict[str, Scenario], undisturbed: 
     for name, s in parts.items():
         mine = of_services(results, {e["service"] for e in s.catalog})
         verdicts[name] = (s, judge(s.incidents, mine, WIDTH_S, early_ms=KEEP_FIRING_MS))
-    report(f"through the pipeline ({undisturbed.scenario.sample_count:,} samples, "
-           f"{undisturbed.elapsed_s:.0f} s):", verdicts)
+    report(f"through the pipeline ({everything.sample_count:,} samples, {elapsed_s:.0f} s):",
+           verdicts)
     for name, (s, v) in verdicts.items():
         for incident, delay in zip(s.incidents, v.delays, strict=True):
-            assert in_time(delay, WIDTH_S, GRACE_MS), (name, incident, delay)
+            assert in_time(delay), (name, incident, delay)
     alerts = sum(v.alerts for _, v in verdicts.values())
     false = sum(v.false_alerts for _, v in verdicts.values())
     assert alerts and false / alerts < 0.05, verdicts
@@ -363,17 +351,21 @@ def test_incident_scenarios_end_to_end(parts: dict[str, Scenario], undisturbed: 
 
 
 def test_a_kill_in_the_middle_of_the_cascade_changes_no_row(
-        parts: dict[str, Scenario], undisturbed: Run, endpoints: Endpoints,
+        parts: dict[str, Scenario], settings: Settings, endpoints: Endpoints,
         tmp_path: Path) -> None:
+    """The cascade alone, once straight through and once with a kill -9 while the worker
+    is busy with its incident; each run in its own database and topics."""
     cascade = parts["cascading_failure"]
     services = [e["service"] for e in cascade.catalog]
-    expected = outcome(undisturbed.settings.database_dsn() or "", services)
-    with another_database(endpoints) as dsn:
-        crashed = undisturbed.settings.model_copy(update={
-            "topic_prefix": f"t{uuid.uuid4().hex[:10]}.", "database_url": SecretStr(dsn),
-            "home": tmp_path / "home"})
-        run(crashed, tmp_path, cascade, crash_after="cf-db")
-        got = outcome(dsn, services)
+    outcomes: list[dict[str, list[dict[str, Any]]]] = []
+    for crash_after in (None, "cf-db"):
+        with another_database(endpoints) as dsn:
+            alone = settings.model_copy(update={
+                "topic_prefix": f"t{uuid.uuid4().hex[:10]}.", "database_url": SecretStr(dsn),
+                "home": tmp_path / f"home-{crash_after}"})
+            run(alone, tmp_path / str(crash_after), cascade, crash_after=crash_after)
+            outcomes.append(outcome(dsn, services))
+    expected, got = outcomes
     assert expected["incidents"] and expected["alerts"]
     for table, rows in expected.items():
         assert len(got[table]) == len(rows), (table, got[table], rows)
@@ -381,3 +373,19 @@ def test_a_kill_in_the_middle_of_the_cascade_changes_no_row(
                        for i, (a, b) in enumerate(zip(got[table], rows, strict=True))
                        for key in b if a.get(key) != b[key]]
         assert not differences, differences
+
+
+def test_the_seasonal_scenario_raises_no_alert(settings: Settings, tmp_path: Path) -> None:
+    """Three days of a ±40 % daily pattern on 60 s windows with the daily season on: the
+    detectors judge the last two (after a day plus 120 windows of warm-up) and stay quiet."""
+    made = seasonal(seed=0, days=3)
+    scenario = renamed(made, "ss", days_back(made.end_ms))
+    run(settings, tmp_path, scenario, SEASONAL_ENV, width_s=60)
+    dsn = settings.database_dsn() or ""
+    services = [e["service"] for e in scenario.catalog]
+    windows = query(dsn, "SELECT count(DISTINCT bucket) AS n FROM metric_aggregates "
+                         "WHERE service = ANY(%s) AND width_s = 60", services)[0]["n"]
+    assert windows >= 3 * 1440 - 2  # every window but the last closed and was judged
+    assert query(dsn, "SELECT * FROM anomalies WHERE service = ANY(%s)", services) == []
+    assert query(dsn, "SELECT * FROM alert_events WHERE service = ANY(%s)", services) == []
+
