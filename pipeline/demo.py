@@ -73,11 +73,12 @@ WORKER_SETTINGS = ("partitions", "replication_factor", "window_widths_s", "grace
 WORKER_ENV = {"VIGIL_DETECT_SEASON_S": "0", "VIGIL_DETECT_KEEP_FIRING_S": "120"}
 
 QUERIES = {
-    "p99 latency per minute of the cascade's services": """\
+    "p99 latency per minute of the cascade's services, from just before it": """\
 SELECT time_bucket('1 minute', bucket) AS minute, service, round(max(p99)::numeric, 3) AS p99_s
 FROM metric_aggregates
 WHERE name = 'http_request_duration_seconds' AND width_s = 60
   AND service IN ('db', 'orders', 'checkout')
+  AND bucket >= (SELECT min(opened_at) FROM incidents) - interval '5 minutes'
 GROUP BY minute, service ORDER BY minute, service;""",
     "incidents with time to detect and to resolve": """\
 SELECT service, incidents, unresolved, round(mttd_s) AS mttd_s, round(mttr_s) AS mttr_s
@@ -492,9 +493,11 @@ class Player:
         self.scenario = scenario
         self.offset_ms = offset_ms
         self.settings = settings
-        self.metrics = MetricsProducer(client_config(settings), settings.topic("metrics"),
-                                       source="vigil-demo")
-        self.others = Producer(producer_config(client_config(settings)))
+        # Errors only: a broker that has just started answers "coordinator load in
+        # progress" for a while, and the producers retry by themselves.
+        config = {**client_config(settings), "log_level": 3}
+        self.metrics = MetricsProducer(config, settings.topic("metrics"), source="vigil-demo")
+        self.others = Producer(producer_config(config))
         self.changes = sorted(scenario.change_events, key=lambda e: e["ts_ms"])
 
     def catalog(self) -> None:
@@ -649,7 +652,12 @@ def run_demo(settings: Settings, speed: float | None = None, keep_servers: bool 
     if ours:
         view.say(f"starting the embedded servers under {settings.home} (first start fetches "
                  "Kafka's jars with mvn)")
-    found = servers.up(settings)
+    try:
+        found = servers.up(settings)
+    except LaunchError:
+        for server in ours:  # the one that did start
+            server.stop()
+        raise
     dsn, db_name = _demo_dsn(found.database_url)
     run = settings.model_copy(update={
         "kafka_bootstrap": found.kafka_bootstrap, "database_url": SecretStr(dsn),
@@ -657,7 +665,6 @@ def run_demo(settings: Settings, speed: float | None = None, keep_servers: bool 
     view.say(f"kafka     {found.kafka_bootstrap}  topics {run.topic_prefix}*")
     view.say(f"postgres  {_where(dsn)}")
     worker = Worker(run, settings.home / "demo" / f"worker-{stamp}.log")
-    watcher: Watcher | None = None
     try:
         _delete_topics(run, stale_after_s=STALE_RUN_S)
         _recreate_database(found.database_url, db_name)
@@ -665,23 +672,33 @@ def run_demo(settings: Settings, speed: float | None = None, keep_servers: bool 
         with connect(dsn) as conn:
             ensure_partitions(conn)
         create_topics(run)
+        found_it = _story(run, worker, view, speed, seed, warmup_s, db_name)
+    finally:
+        worker.stop()
+        _wind_down(view, run, ours, keep_servers)
+    return 0 if found_it else 1
 
-        scenario = SCENARIOS["demo"](seed=seed, warmup_s=warmup_s)
-        speed = speed or scenario.speedup(LIVE_WALL_S)
-        offset = shift_ms(scenario, int(time.time() * 1000), speed)
-        truth = Truth.of(scenario, offset)
-        player = Player(scenario, offset, run)
-        player.catalog()
-        services = ", ".join(e["service"] for e in scenario.catalog)
-        view.say(f"catalog   {len(scenario.catalog)} services: {services}")
 
-        view.heading("worker")
-        worker.launch()
-        _history(player, view)  # while the worker starts
-        worker.wait_ready()
-        view.say(f"ready on :{worker.port}, config {run.config_dir}, log {worker.log_path}")
-        watcher = Watcher(run, view)
+def _story(run: Settings, worker: Worker, view: View, speed: float | None, seed: int,
+           warmup_s: float, db_name: str) -> bool:
+    """Play the scenario through the worker and tell what it found; True when an incident
+    names the injected root cause. Its Kafka clients end with it, before servers stop."""
+    scenario = SCENARIOS["demo"](seed=seed, warmup_s=warmup_s)
+    speed = speed or scenario.speedup(LIVE_WALL_S)
+    offset = shift_ms(scenario, int(time.time() * 1000), speed)
+    truth = Truth.of(scenario, offset)
+    player = Player(scenario, offset, run)
+    player.catalog()
+    services = ", ".join(e["service"] for e in scenario.catalog)
+    view.say(f"catalog   {len(scenario.catalog)} services: {services}")
 
+    view.heading("worker")
+    worker.launch()
+    _history(player, view)  # while the worker starts
+    worker.wait_ready()
+    view.say(f"ready on :{worker.port}, config {run.config_dir}, log {worker.log_path}")
+    watcher = Watcher(run, view)
+    try:
         history_ms = scenario.live_from_ms - scenario.start_ms
         view.heading(f"history: {_duration(history_ms)} of normal traffic, so the detectors "
                      "learn what normal looks like")
@@ -699,15 +716,11 @@ def run_demo(settings: Settings, speed: float | None = None, keep_servers: bool 
             view.say("the worker did not catch up in time (or stopped); summarising what it "
                      f"has so far; log {worker.log_path}", "yellow")
         watcher.pump()
-        findings = _findings(dsn, scenario.start_ms + offset)
-        match = _summary(view, truth, findings, player.metrics.samples_sent,
-                         player.metrics.messages_sent, db_name)
     finally:
-        if watcher is not None:
-            watcher.close()
-        worker.stop()
-        _wind_down(view, run, ours, keep_servers)
-    return 0 if match is not None else 1
+        watcher.close()
+    findings = _findings(run.database_dsn() or "", scenario.start_ms + offset)
+    return _summary(view, truth, findings, player.metrics.samples_sent,
+                    player.metrics.messages_sent, db_name) is not None
 
 
 def _wind_down(view: View, run: Settings, ours: list[Any], keep_servers: bool) -> None:
