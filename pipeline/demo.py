@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -48,6 +47,8 @@ from pipeline.codec import CodecError, decode, encode
 from pipeline.db import connect, ensure_partitions, migrate
 from pipeline.kafka import client_config, create_topics, topic_specs
 from pipeline.local import servers
+from pipeline.local.kafka import EmbeddedKafka
+from pipeline.local.postgres import EmbeddedPostgres
 from pipeline.local.process import LaunchError
 from pipeline.producer import MetricsProducer, producer_config
 from pipeline.scenarios import SCENARIOS, Scenario
@@ -644,14 +645,15 @@ def run_demo(settings: Settings, speed: float | None = None, keep_servers: bool 
         view.say(f"error: --speed must be positive (got {speed})", "red")
         return 2
     kafka, postgres = servers.embedded_kafka(settings), servers.embedded_postgres(settings)
-    ours = [server for server, named in ((kafka, settings.kafka_bootstrap),
-                                          (postgres, settings.database_url))
-            if named is None and not server.running()]
+    ours: list[EmbeddedKafka | EmbeddedPostgres] = [
+        server for server, named in ((kafka, settings.kafka_bootstrap),
+                                     (postgres, settings.database_url))
+        if named is None and not server.running()]
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     view.heading("servers")
     if ours:
-        view.say(f"starting the embedded servers under {settings.home} (first start fetches "
-                 "Kafka's jars with mvn)")
+        jars = " (a first start fetches Kafka's jars with mvn)" if kafka in ours else ""
+        view.say(f"starting the embedded servers under {settings.home}{jars}")
     try:
         found = servers.up(settings)
     except LaunchError:
@@ -723,7 +725,8 @@ def _story(run: Settings, worker: Worker, view: View, speed: float | None, seed:
                     player.metrics.messages_sent, db_name) is not None
 
 
-def _wind_down(view: View, run: Settings, ours: list[Any], keep_servers: bool) -> None:
+def _wind_down(view: View, run: Settings, ours: list[EmbeddedKafka | EmbeddedPostgres],
+               keep_servers: bool) -> None:
     view.console.print()
     if keep_servers:
         view.say(f"servers left running; the run's topics: VIGIL_TOPIC_PREFIX={run.topic_prefix}"
