@@ -163,8 +163,12 @@ class AlertsStage(CheckpointedStage[AlertsState]):
         if kind == "Feedback":
             state.silences.on_feedback(record)  # the broadcast only carries SILENCE
             return
+        if kind == "StreamTime":  # detect's event time: one-shot alerts expire on time
+            self._advance(partition, state, record["ts_ms"])
+            return
         if kind != "AlertCondition":
-            raise ValueError(f"InternalMessage.kind: {kind!r} is not AlertCondition or Feedback")
+            raise ValueError(f"InternalMessage.kind: {kind!r} is not AlertCondition, "
+                             "StreamTime or Feedback")
         book, ts = state.book, record["ts_ms"]
         if record["pulse"]:
             found = book.pulse(record["labels"], record["annotations"], record["source"], ts,

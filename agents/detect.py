@@ -34,6 +34,10 @@ class DetectPartition:
     core: DetectState
     pending: Detected = field(default_factory=Detected)  # not yet durable
     heard: bool = False  # a window record arrived since the last tick
+    # Event time reached (window end + grace of the newest window) and last forwarded to
+    # the alerts stage, whose timers (keep_firing_for) only move with its own input.
+    stream_ms: int = 0
+    forwarded_ms: int = 0
 
 
 def detect_config(settings: Settings) -> DetectConfig:
@@ -62,6 +66,8 @@ class DetectStage(CheckpointedStage[DetectPartition]):
                  if s.config_dir else RuleSet([], widths_s=widths, grace_ms=grace_ms))
         self.rules = rules
         self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)
+        self.grace_ms = round(s.grace_s * 1000)
+        self.step_ms = round(s.stream_time_step_s * 1000)
 
     def new_state(self, partition: int) -> DetectPartition:
         r = self.rules
@@ -88,7 +94,8 @@ class DetectStage(CheckpointedStage[DetectPartition]):
         else:
             rerouted = self._change(partition, state, event)
         PROCESSING_SECONDS.labels(short).observe(time.perf_counter() - started)
-        return bool(state.pending or len(self.dead_letters) or rerouted)
+        clock_due = state.stream_ms >= state.forwarded_ms + self.step_ms
+        return bool(state.pending or len(self.dead_letters) or rerouted or clock_due)
 
     def _window(self, state: DetectPartition, event: Any) -> None:
         try:
@@ -98,6 +105,7 @@ class DetectStage(CheckpointedStage[DetectPartition]):
             return
         state.heard = True
         for record in records:
+            state.stream_ms = max(state.stream_ms, record["window_end_ms"] + self.grace_ms)
             judged = state.core.add_window(record, self._catalog)
             if judged:
                 state.pending.extend(judged)
@@ -144,6 +152,10 @@ class DetectStage(CheckpointedStage[DetectPartition]):
 
     async def flush(self, partition: int, state: DetectPartition) -> None:
         out, state.pending = state.pending, Detected()
+        clock = None
+        if state.stream_ms >= state.forwarded_ms + self.step_ms:
+            clock = {"source": f"{self.name}/{partition}", "ts_ms": state.stream_ms}
+            state.forwarded_ms = state.stream_ms
         await self.vigil.database.upsert(ANOMALIES, [
             {**row, "labels": Jsonb(row["labels"]), "context": Jsonb(row["context"])}
             for row in out.rows])
@@ -155,6 +167,9 @@ class DetectStage(CheckpointedStage[DetectPartition]):
         for condition in out.conditions:
             outbox.add("internal.conditions", condition["labels"].get("service", "").encode(),
                        wrap("AlertCondition", condition))
+        if clock is not None:  # after the conditions it covers; same partition number
+            outbox.add("internal.conditions", None, wrap("StreamTime", clock),
+                       partition=partition)
 
 
 def register(vigil: Vigil) -> None:

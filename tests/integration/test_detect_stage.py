@@ -167,7 +167,9 @@ def test_spike_after_deployment_is_one_anomaly_surviving_restarts(settings: Sett
     assert events and {e["anomaly_id"] for _, e in events} == {row["anomaly_id"]}
     assert all(key == b"checkout" and e == events[0][1] for key, e in events)
 
-    conditions = [unwrap(value)[1] for _, value in read_topic(settings, "internal.conditions")]
+    conditions = [record for kind, record in (unwrap(value) for _, value in
+                                              read_topic(settings, "internal.conditions"))
+                  if kind == "AlertCondition"]
     pulses = [c for c in conditions if c["source"] == "anomaly"]
     assert pulses and all(c == pulses[0] for c in pulses)
     assert pulses[0]["labels"] == {"alertname": "LatencySpike", "service": "checkout",
