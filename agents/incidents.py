@@ -124,8 +124,11 @@ class IncidentsStage(CheckpointedStage[IncidentsState]):
             return
         record = decode(kind, payload)
         if kind == "AlertEvent":
-            now = self._advance(state, record["updated_at_ms"])
-            effects = state.book.on_alert(record, state.catalog, now)
+            # Stamped with the alert's own time, not the feed's: the feed merges partitions
+            # (and, on each, the detect and SLO stages) in an order that varies from run
+            # to run, so its largest time at this record is not a result of the input.
+            self._advance(state, record["updated_at_ms"])
+            effects = state.book.on_alert(record, state.catalog, record["updated_at_ms"])
             self._record(state, effects, alert=record)
         elif kind == "Feedback":
             now = self._advance(state, record["ts_ms"])
