@@ -185,10 +185,6 @@ def wait_until_done(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: after the kill the survivor's Faust table recovery, started by the rebalance, "
-    "never receives a changelog record ('No event received for active tp ... since recovery "
-    "start'), so its streams never resume; see the scale-out report"))
 def test_two_workers_share_partitions_and_survive_a_kill(
         settings: Settings, endpoints: Endpoints, tmp_path: Path) -> None:
     config = tmp_path / "config"
