@@ -46,9 +46,12 @@ class Partition(Generic[S]):
     output_waiting: bool = False
     last_checkpoint: float = field(default_factory=time.monotonic)
     output_delay: float = OUTPUT_DELAY_S
+    min_interval: float = 0.0  # the stage's floor between checkpoints (large snapshots)
 
     def due(self, now: float) -> bool:
         since = now - self.last_checkpoint
+        if since < self.min_interval:
+            return False
         return ((self.output_waiting and since >= self.output_delay)
                 or len(self.pending) >= CHECKPOINT_EVERY_MESSAGES
                 or (bool(self.pending) and since >= CHECKPOINT_EVERY_S))
@@ -58,6 +61,8 @@ class CheckpointedStage(ABC, Generic[S]):
     """Subclasses say how to make, restore, snapshot and feed their state."""
 
     name: str  # table name and metrics label
+    min_checkpoint_interval_s: float = 0.0
+    """Stages whose snapshots are large raise this so they are written less often."""
 
     def __init__(self, vigil: Vigil) -> None:
         self.vigil = vigil
@@ -108,11 +113,13 @@ class CheckpointedStage(ABC, Generic[S]):
         if found is None:
             saved = self.table.get(_key(number))
             if saved is None:
-                found = Partition(self.new_state(number), {})
+                found = Partition(self.new_state(number), {},
+                                  min_interval=self.min_checkpoint_interval_s)
             else:
                 (size,) = _HEADER.unpack_from(saved)
                 offsets = json.loads(saved[_HEADER.size:_HEADER.size + size])
-                found = Partition(self.restore(saved[_HEADER.size + size:]), offsets)
+                found = Partition(self.restore(saved[_HEADER.size + size:]), offsets,
+                                  min_interval=self.min_checkpoint_interval_s)
             self.partitions[number] = found
         return found
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.checkpoint import CheckpointedStage, Partition
+from agents.checkpoint import CheckpointedStage
 from agents.ingest import DeadLetterBox, check, origin_of
 from pipeline.aggregate_codec import decode_windows
 from pipeline.app import Vigil
@@ -221,6 +221,9 @@ class SloStage(CheckpointedStage[SloPartition]):
 
     def __init__(self, vigil: Vigil) -> None:
         super().__init__(vigil)
+        # Snapshots hold every minute of every SLO's window (~100 KB per SLO compressed):
+        # write them every slo_checkpoint_s, not every second.
+        self.min_checkpoint_interval_s = self.settings.slo_checkpoint_s
         config = self.settings.config_dir
         self.slos = [slo for slo, _ in load_slos(config)] if config else []
         self.width_s = self.settings.slo_width_s
@@ -286,12 +289,6 @@ class SloStage(CheckpointedStage[SloPartition]):
         rows = self.rows.pop(partition, [])
         await self.dead_letters.write()  # takes its letters before it first waits
         await self.vigil.database.upsert(SLO_STATUS, rows)
-
-    async def _checkpoint(self, number: int, part: Partition[SloPartition]) -> None:
-        # Snapshots hold every minute of every SLO's window (~100 KB per SLO compressed):
-        # write them every slo_checkpoint_s, not every second.
-        if time.monotonic() - part.last_checkpoint >= self.settings.slo_checkpoint_s:
-            await super()._checkpoint(number, part)
 
     def forget(self, revoked: set[int]) -> None:
         super().forget(revoked)
