@@ -79,6 +79,8 @@ class CheckpointedStage(ABC, Generic[S]):
             asyncio.Queue(maxsize=MAX_CHECKPOINTS_IN_FLIGHT)
         self._committer: asyncio.Future[None] | None = None
         self._last_write: asyncio.Future[None] | None = None
+        self._in_flight = 0  # checkpoints cut and not yet committed
+        self.input_topics: set[str] = set()
 
     # -- what a stage defines ------------------------------------------------------------
 
@@ -116,12 +118,19 @@ class CheckpointedStage(ABC, Generic[S]):
                 found = Partition(self.new_state(number), {},
                                   min_interval=self.min_checkpoint_interval_s)
             else:
-                (size,) = _HEADER.unpack_from(saved)
-                offsets = json.loads(saved[_HEADER.size:_HEADER.size + size])
-                found = Partition(self.restore(saved[_HEADER.size + size:]), offsets,
+                offsets, size = _offsets(saved)
+                found = Partition(self.restore(saved[size:]), offsets,
                                   min_interval=self.min_checkpoint_interval_s)
             self.partitions[number] = found
         return found
+
+    def _offsets(self, number: int) -> dict[str, int]:
+        """The offsets a partition's state includes, without restoring it."""
+        found = self.partitions.get(number)
+        if found is not None:
+            return found.offsets
+        saved = self.table.get(_key(number))
+        return {} if saved is None else _offsets(saved)[0]
 
     async def on_event(self, event: Any) -> None:
         async with self.lock:
@@ -169,6 +178,7 @@ class CheckpointedStage(ABC, Generic[S]):
                                 MAX_OUTPUT_DELAY_S)
         if self._committer is None:
             self._committer = asyncio.ensure_future(self._commit_in_order())
+        self._in_flight += 1
         await self._jobs.put((number, writing, blob, events))
 
     async def _commit_in_order(self) -> None:
@@ -185,7 +195,26 @@ class CheckpointedStage(ABC, Generic[S]):
                 await self.vigil.app.crash(exc)
                 raise
             finally:
+                self._in_flight -= 1
                 self._jobs.task_done()
+
+    def busy(self) -> bool:
+        """Whether this stage may still send something downstream without new input:
+        output not yet written, or input it has not read."""
+        return (self._in_flight > 0 or any(p.output_waiting for p in self.partitions.values())
+                or self.behind())
+
+    def behind(self) -> bool:
+        """Whether an assigned input partition has records this stage has not processed
+        (or the consumer does not know yet how many it has)."""
+        consumer = self.vigil.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic in self.input_topics:
+                done = self._offsets(tp.partition).get(tp.topic, -1) + 1
+                high = consumer.highwater(tp)
+                if high is None or done < high:
+                    return True
+        return False
 
     def forget(self, revoked: set[int]) -> None:
         """Revoked partitions: their next owner restores them from the changelog."""
@@ -195,6 +224,7 @@ class CheckpointedStage(ABC, Generic[S]):
     def register(self, channel: Any, topics: set[str], timer_s: float = OUTPUT_DELAY_S) -> None:
         """Wire the stage: an agent with manual acks, a timer, rebalance handling."""
         app = self.vigil.app
+        self.input_topics = topics
 
         async def agent(stream: Any) -> None:
             self.stream = stream.noack()
@@ -218,3 +248,10 @@ class CheckpointedStage(ABC, Generic[S]):
 
 def _key(partition: int) -> bytes:
     return f"p{partition}".encode()
+
+
+def _offsets(saved: bytes) -> tuple[dict[str, int], int]:
+    """A saved checkpoint's offsets, and where the state's snapshot starts."""
+    (size,) = _HEADER.unpack_from(saved)
+    end = _HEADER.size + size
+    return json.loads(saved[_HEADER.size:end]), end

@@ -144,6 +144,10 @@ class DetectStage(CheckpointedStage[DetectPartition]):
         state.heard = False
         return bool(state.pending)
 
+    def busy(self) -> bool:
+        """A window group still open is judged by `tick` once input stops."""
+        return super().busy() or any(p.state.core.has_group for p in self.partitions.values())
+
     def _caught_up(self, partition: int) -> bool:
         consumer = self.vigil.app.consumer
         highwater = consumer.highwater(TP(self.windows_topic, partition)) if consumer else None

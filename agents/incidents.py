@@ -9,7 +9,14 @@ The feed carries, wrapped (pipeline/envelope.py):
 - ServiceInfo from agents/catalog keyed by service; an empty payload means the service was
   removed (the compacted topic's null value). Applying one twice changes nothing.
 
-Stream time is the largest ts_ms seen (alert updates, feedback, forwarded event time);
+The alert stage's partitions arrive interleaved as they happen to, but what an incident
+does depends on order (is it still open when its escalation falls due?), so numbered
+records are held and applied in event-time order across partitions
+(`pipeline.watermark.WatermarkMerge`): the same order in every run and after a crash.
+Held records are released when every partition has passed them, when the fastest is
+`incident_max_skew_s` ahead, or when the whole worker is idle.
+
+Stream time is the largest ts_ms applied (alert updates, feedback, forwarded event time);
 correlation and escalation run on it. Incident rules live in pipeline/incidents.py; their
 knobs are config-as-code: `VIGIL_CONFIG_DIR/incidents.yaml` (correlation_window,
 escalation: {L1, L2, L3}, default_tier) and `runbooks.yaml` (alertname → action, parameters).
@@ -39,8 +46,14 @@ from pipeline.incidents import (
     IncidentBook,
 )
 from pipeline.ingest import dead_letter
-from pipeline.selfmetrics import CONSUMED_MESSAGES, OPEN_INCIDENTS, PROCESSING_SECONDS
+from pipeline.selfmetrics import (
+    CONSUMED_MESSAGES,
+    HELD_FEED_RECORDS,
+    OPEN_INCIDENTS,
+    PROCESSING_SECONDS,
+)
 from pipeline.sinks.timescale import ALERT_INCIDENT, INCIDENT_EVENTS, INCIDENTS
+from pipeline.watermark import WatermarkMerge
 
 FEED = "internal.incident-feed"
 
@@ -61,6 +74,7 @@ class Extra:
 class IncidentsState:
     book: IncidentBook
     catalog: Catalog
+    merge: WatermarkMerge
     stream_ms: int = 0
     taken: dict[str, int] = field(default_factory=dict)  # feed origin → last number applied
     extras: dict[str, Extra] = field(default_factory=dict)  # by open incident id
@@ -78,21 +92,24 @@ class IncidentsStage(CheckpointedStage[IncidentsState]):
         super().__init__(vigil)
         self.config = load_incident_config(vigil.settings.config_dir)
         self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)
+        self.max_skew_ms = round(vigil.settings.incident_max_skew_s * 1000)
 
     def new_state(self, partition: int) -> IncidentsState:
-        return IncidentsState(IncidentBook(self.config), Catalog())
+        return IncidentsState(IncidentBook(self.config), Catalog(),
+                              WatermarkMerge(self.max_skew_ms))
 
     def restore(self, blob: bytes) -> IncidentsState:
         data = json.loads(blob)
         return IncidentsState(
             IncidentBook.from_dict(data["book"], self.config), Catalog.from_dict(data["catalog"]),
+            WatermarkMerge.from_dict(data["merge"], self.max_skew_ms),
             data["stream_ms"], data["taken"],
             {i: Extra(**extra) for i, extra in data["extras"].items()})
 
     def snapshot(self, state: IncidentsState) -> bytes:
         return json.dumps({
             "book": state.book.to_dict(), "catalog": state.catalog.to_dict(),
-            "stream_ms": state.stream_ms, "taken": state.taken,
+            "merge": state.merge.to_dict(), "stream_ms": state.stream_ms, "taken": state.taken,
             "extras": {i: asdict(extra) for i, extra in state.extras.items()},
         }).encode()
 
@@ -108,8 +125,25 @@ class IncidentsStage(CheckpointedStage[IncidentsState]):
             letter = dead_letter(origin_of(event, 1), value, reason, f"{key!r}: {exc}")
             self.dead_letters.add([letter])
         OPEN_INCIDENTS.set(len(state.book))
+        HELD_FEED_RECORDS.set(len(state.merge))
         PROCESSING_SECONDS.labels(FEED).observe(time.perf_counter() - started)
+        return self._output_waiting(state)
+
+    def busy(self) -> bool:
+        return super().busy() or any(len(p.state.merge) for p in self.partitions.values())
+
+    def _output_waiting(self, state: IncidentsState) -> bool:
         return bool(state.records or state.incidents or state.links or len(self.dead_letters))
+
+    async def tick(self, partition: int, state: IncidentsState) -> bool:
+        """Release everything held once nothing more can come: this stage has read the
+        whole feed and no other stage has input to read or output to write."""
+        if len(state.merge) and not self.behind() and not any(
+                stage.busy() for stage in self.vigil.stages.values() if stage is not self):
+            for kind, record in state.merge.drain():
+                self._take(state, kind, record)
+            HELD_FEED_RECORDS.set(0)
+        return self._output_waiting(state)
 
     def _apply(self, state: IncidentsState, key: bytes, value: bytes) -> None:
         message = decode("InternalMessage", value)
@@ -120,13 +154,27 @@ class IncidentsStage(CheckpointedStage[IncidentsState]):
             else:
                 state.catalog.remove(key.decode())
             return
-        if self._repeated(state, key):
+        numbered = self._repeated(state, key)
+        if numbered is None:
             return
+        origin, number = numbered
         record = decode(kind, payload)
         if kind == "AlertEvent":
-            # Stamped with the alert's own time, not the feed's: the feed merges partitions
-            # (and, on each, the detect and SLO stages) in an order that varies from run
-            # to run, so its largest time at this record is not a result of the input.
+            state.merge.hold(origin, number, (kind, record))
+        elif kind == "StreamTime":
+            state.merge.clock(origin, number, record["ts_ms"], (kind, record))
+        elif kind == "Feedback":
+            state.merge.hold_now(origin, number, (kind, record))
+        else:
+            raise ValueError(f"InternalMessage.kind: {kind!r} is not taken by the incident stage")
+        for kind, record in state.merge.ready():
+            self._take(state, kind, record)
+
+    def _take(self, state: IncidentsState, kind: str, record: dict[str, Any]) -> None:
+        """Apply one record, in merged order."""
+        if kind == "AlertEvent":
+            # At the alert's own time: stream time may already be past it (a partition's
+            # clock step, or an origin that lagged more than the skew).
             self._advance(state, record["updated_at_ms"])
             effects = state.book.on_alert(record, state.catalog, record["updated_at_ms"])
             self._record(state, effects, alert=record)
@@ -134,21 +182,19 @@ class IncidentsStage(CheckpointedStage[IncidentsState]):
             now = self._advance(state, record["ts_ms"])
             effects = Effects(state.book.on_feedback(record, now))
             self._record(state, effects, actor=record["actor"])
-        elif kind == "StreamTime":
-            self._record(state, Effects(state.book.tick(self._advance(state, record["ts_ms"]))))
         else:
-            raise ValueError(f"InternalMessage.kind: {kind!r} is not taken by the incident stage")
+            self._record(state, Effects(state.book.tick(self._advance(state, record["ts_ms"]))))
 
     @staticmethod
-    def _repeated(state: IncidentsState, key: bytes) -> bool:
-        """Whether a numbered record was applied already; numbers the later one."""
+    def _repeated(state: IncidentsState, key: bytes) -> tuple[str, int] | None:
+        """(origin, number) of a record not taken before, else None (a repeat)."""
         origin, _, number = key.decode().rpartition("/")
         if not origin or not number.isdigit():
             raise ValueError("key: expected <origin>/<partition>/<number>")
         if int(number) <= state.taken.get(origin, -1):
-            return True
+            return None
         state.taken[origin] = int(number)
-        return False
+        return origin, int(number)
 
     @staticmethod
     def _advance(state: IncidentsState, ts_ms: int) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.app import Vigil
-from pipeline.selfmetrics import CONSUMER_LAG, REGISTRY
+from pipeline.selfmetrics import CONSUMER_LAG, REGISTRY, WORKER_IDLE
 
 
 def register(vigil: Vigil) -> None:
@@ -26,6 +26,7 @@ def register(vigil: Vigil) -> None:
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         _update_lag(vigil)
+        WORKER_IDLE.set(0.0 if any(stage.busy() for stage in vigil.stages.values()) else 1.0)
         return web.bytes(generate_latest(REGISTRY),
                          content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 

@@ -416,7 +416,9 @@ class IncidentBook:
     @staticmethod
     def _event(incident: Incident, kind: str, at_ms: int) -> dict[str, Any]:
         incident.event_seq += 1
-        incident.updated_at_ms = at_ms
+        # Never back in time (the row's upsert keeps the newest): an escalation is dated
+        # when it fell due, and a later input may be dated before that.
+        incident.updated_at_ms = max(incident.updated_at_ms, at_ms)
         return {
             "event_id": f"{incident.incident_id}:{incident.event_seq}",
             "incident_id": incident.incident_id,
@@ -435,7 +437,7 @@ class IncidentBook:
             "resolved_at_ms": incident.resolved_at_ms,
             "resolution": incident.resolution,
             "timeline": [dict(e) for e in incident.timeline],
-            "updated_at_ms": at_ms,
+            "updated_at_ms": incident.updated_at_ms,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,5 +40,11 @@ DB_WRITE_FAILURES = Counter("vigil_db_write_failures", "Database writes that fai
 CONSUMER_LAG = Gauge("vigil_consumer_lag", "Messages behind the end of the partition",
                      ["topic", "partition"], registry=REGISTRY)
 OPEN_INCIDENTS = Gauge("vigil_open_incidents", "Incidents not yet resolved", registry=REGISTRY)
+HELD_FEED_RECORDS = Gauge("vigil_incident_feed_held",
+                          "Alert updates held until every alert partition has passed them",
+                          registry=REGISTRY)
+WORKER_IDLE = Gauge("vigil_worker_idle",
+                    "1 when no stage has input to read, output to write or records held",
+                    registry=REGISTRY)
 ACTIVE_SERIES = Gauge("vigil_active_series", "Series with open window state",
                       registry=REGISTRY)

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     # escalation and runbooks are config-as-code: VIGIL_CONFIG_DIR/incidents.yaml, runbooks.yaml.
     health_stale_s: float = Field(default=300.0, gt=0)
     stream_time_step_s: float = Field(default=10.0, gt=0)
+    # Incidents (agents/incidents.py): alert partitions are merged in event-time order;
+    # a partition whose event time lags the fastest by more than this stops holding the
+    # others back (a partition whose services all went quiet).
+    incident_max_skew_s: float = Field(default=1800.0, gt=0)
 
     @field_validator("topic_prefix")
     @classmethod

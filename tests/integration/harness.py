@@ -89,6 +89,10 @@ class Worker:
         status, body = self.get("/health/ready")
         return status == 200 and json.loads(body).get("ready") is True
 
+    def idle(self) -> bool:
+        """No stage has input to read, output to write or records held for ordering."""
+        return self.metrics().get("vigil_worker_idle") == 1.0
+
     def metrics(self) -> dict[str, float]:
         """Prometheus samples by full name with labels, e.g. 'vigil_x_total{a="b"}'."""
         _, body = self.get("/metrics")

@@ -245,7 +245,8 @@ class Settling:
     end, twice in a row with nothing new in between (downstream stages produce more as
     upstream ones commit, and commits trail acks by up to a second)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, worker: Worker) -> None:
+        self.worker = worker
         self.partitions = _consumed_topics(settings)
         self.group = Consumer({**client_config(settings),
                                "group.id": f"{settings.topic_prefix}worker"})
@@ -256,7 +257,7 @@ class Settling:
         committed = self.group.committed(self.partitions, timeout=10)
         caught_up = all(end == 0 or c.offset >= end
                         for end, c in zip(ends, committed, strict=True))
-        done = caught_up and ends == self.last
+        done = caught_up and ends == self.last and self.worker.idle()
         self.last = ends if caught_up else None
         return done
 
@@ -314,11 +315,11 @@ def undisturbed(endpoints: Endpoints, config_dir: Path,
     with fresh_database(endpoints.database_url) as dsn:
         settings = fault_settings(endpoints, dsn, home, config_dir)
         create_topics(settings)
-        with Worker(settings, home):
+        with Worker(settings, home) as worker:
             out = producer(settings)
             send(out, MESSAGES)
             out.flush()
-            Settling(settings).wait()
+            Settling(settings, worker).wait()
         found = results(settings)
     check_reference(found)
     yield found
@@ -371,7 +372,7 @@ def test_kill_9_changes_nothing(undisturbed: Results, endpoints: Endpoints, conf
             at = consumed(worker)
             worker.kill()
             worker = Worker(settings, tmp_path, name="second").start()
-            Settling(settings).wait()
+            Settling(settings, worker).wait()
         finally:
             worker.stop()
         print(f"\nkilled after {at:.0f} of {len(MESSAGES)} messages")
@@ -422,7 +423,7 @@ def run_database_outage(private: PrivateServers, config: Path, tmp_path: Path,
             wait_for(outage_over, outage_s + 30, f"{outage_s:.0f} s of outage", every_s=0.5)
             private.postgres.start()
             back = time.monotonic()
-            Settling(settings).wait()
+            Settling(settings, worker).wait()
             caught_up = time.monotonic() - back
             wait_for(worker.ready, 30, "readiness with the database back")
         rss = np.array([kib for _, kib in samples]) / 1024
@@ -463,7 +464,7 @@ def test_broker_restart_loses_and_doubles_nothing(
             private.kafka.start()
             back = time.monotonic()
             out.flush(timeout_s=120)
-            Settling(settings).wait()
+            Settling(settings, worker).wait()
             caught_up = time.monotonic() - back
         print(f"\nbroker down {back - stopped:.0f} s; caught up {caught_up:.1f} s after it "
               f"returned")

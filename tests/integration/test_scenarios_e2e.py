@@ -156,7 +156,14 @@ def slice_end(s: Scenario, at_ms: int, slice_ms: int) -> int:
 
 # -- waiting and reading ---------------------------------------------------------------------
 
-def settled(settings: Settings) -> bool:
+class Lagging(list[str]):
+    """Input partitions not committed to their end: falsy, and named on a timeout."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def settled(settings: Settings) -> bool | Lagging:
     """The worker committed everything on its inputs (so results are durable), twice over
     the same end offsets: nothing is on its way between stages."""
     consumer = Consumer({**client_config(settings), "group.id": f"{settings.topic_prefix}worker",
@@ -171,15 +178,19 @@ def settled(settings: Settings) -> bool:
 
         before = ends()
         committed = consumer.committed(parts, timeout=10)
-        done = all(c.offset >= end or end == 0 for c, end in zip(committed, before, strict=True))
-        return done and ends() == before
+        lagging = Lagging(f"{c.topic}[{c.partition}] at {c.offset} of {end}"
+                          for c, end in zip(committed, before, strict=True)
+                          if c.offset < end and end != 0)
+        if len(lagging):
+            return lagging
+        return ends() == before or Lagging(["new input meanwhile"])
     finally:
         consumer.close()
 
 
-def settle(settings: Settings, timeout_s: float = 480) -> None:
-    wait_for(lambda: settled(settings), timeout_s, "the worker to consume everything",
-             every_s=1.0)
+def settle(settings: Settings, worker: Worker, timeout_s: float = 480) -> None:
+    wait_for(lambda: settled(settings) and (worker.idle() or Lagging(["worker not idle"])),
+             timeout_s, "the worker to consume everything", every_s=1.0)
 
 
 def query(dsn: str, text: sql.Composed | str, *params: Any) -> list[dict[str, Any]]:
@@ -263,7 +274,7 @@ def run(settings: Settings, log_dir: Path, scenario: Scenario, env: dict[str, st
         fed = time.monotonic()
         feeder.until(scenario.end_ms)
         print(f"\nfed in {time.monotonic() - fed:.0f} s", end="")
-        settle(settings)
+        settle(settings, worker)
         busy = {name.split('"')[1]: value for name, value in worker.metrics().items()
                 if name.startswith("vigil_processing_seconds_sum")}
         print(f", settled after {time.monotonic() - fed:.0f} s; processing s by topic "
@@ -368,6 +379,8 @@ def test_a_kill_in_the_middle_of_the_cascade_changes_no_row(
             run(alone, tmp_path / str(crash_after), cascade, crash_after=crash_after)
             outcomes.append(outcome(dsn, services))
     expected, got = outcomes
+    if got != expected:  # the whole of both outcomes, for the failure below
+        print(json.dumps({"expected": expected, "got": got}, default=str, indent=1))
     assert expected["incidents"] and expected["alerts"]
     for table, rows in expected.items():
         assert len(got[table]) == len(rows), (table, got[table], rows)

@@ -412,3 +412,14 @@ def test_services_missing_from_the_catalog_are_unassigned_and_of_the_default_tie
     event = only(w.fire(labels("ghost", severity="critical"), T0))
     assert event["assigned_to"] is None and event["priority"] == "P1"
     assert event["root_cause_service"] == "ghost"
+
+
+def test_an_event_dated_before_an_escalation_does_not_move_the_incident_back_in_time() -> None:
+    """The incidents row keeps the newest version by updated_at: a resolution applied after
+    an escalation that fell due later must still be the newest."""
+    w = World()
+    w.fire(labels("checkout"), T0)
+    (escalated,) = w.incidents.tick(T0 + 16 * M)
+    done = only(w.clear(labels("checkout"), T0 + 10 * M), "RESOLVED")
+    assert done["updated_at_ms"] == escalated["updated_at_ms"] == T0 + 15 * M
+    assert done["resolved_at_ms"] == T0 + 10 * M
