@@ -60,7 +60,7 @@ CONTEXT_KINDS = frozenset({"DEPLOYMENT", "CONFIG_CHANGE", "SCALING"})
 CHANGE_HORIZON_MS = 86_400_000  # changes this recent are an anomaly's recent_deployments
 MAX_CHANGES = 20  # per service, newest kept
 CORRELATION_MS = 600_000  # anomalies of a service this close in time are correlated
-FORGET_EVERY_MS = 3_600_000  # how often idle detectors are swept
+FORGET_EVERY_MS = 3_600_000  # how often idle detectors are swept, at most
 ALERT_NAMES = {"LATENCY_SPIKE": "LatencySpike", "THROUGHPUT_DROP": "ThroughputDrop",
                "ERROR_RATE_INCREASE": "ErrorRateIncrease", "SATURATION": "Saturation",
                "OTHER": "AnomalousMetric"}
@@ -366,7 +366,8 @@ class DetectState:
 
     def _forget(self) -> None:
         """Drop detectors, context and correlation of series and services gone quiet."""
-        if self.stream_ms - self._swept_ms < FORGET_EVERY_MS:
+        # A quarter of the idle time, so a detector outlives its series by at most 25 %.
+        if self.stream_ms - self._swept_ms < min(FORGET_EVERY_MS, self.config.forget_ms // 4):
             return
         self._swept_ms = self.stream_ms
         horizon = self.stream_ms - self.config.forget_ms

@@ -143,7 +143,8 @@ class EmbeddedKafka:
             cluster_id_file.write_text(_kafka_uuid())
         result = subprocess.run(
             [self._java(), "-cp", self._classpath(), "kafka.tools.StorageTool", "format",
-             "-t", cluster_id_file.read_text().strip(), "-c", str(config), "--ignore-formatted"],
+             f"--cluster-id={cluster_id_file.read_text().strip()}", "-c", str(config),
+             "--ignore-formatted"],
             capture_output=True, text=True,
         )
         if result.returncode != 0:
@@ -184,7 +185,11 @@ class EmbeddedKafka:
 
 
 def _kafka_uuid() -> str:
-    """Kafka cluster ids are 16 random bytes, base64url without padding."""
+    """Kafka cluster ids are 16 random bytes, base64url without padding, never starting
+    with '-' (Kafka's own Uuid.randomUuid rule: the storage tool would read it as a flag)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found

@@ -281,3 +281,21 @@ def test_windows_of_another_width_feed_rules_only() -> None:
     run(state, [[record("http_request_duration_seconds", "checkout", T0, width_s=60, p99=1.0)]])
     assert state.detector_count == 0
     assert isinstance(window_of(latency("checkout", T0, 0.1)), ClosedWindow)
+
+
+def test_detectors_of_series_gone_quiet_are_dropped_within_a_quarter_of_the_idle_time() -> None:
+    """Series churn: cohorts of services replace each other; detectors never outnumber the
+    cohorts seen within forget_ms (+25 % between sweeps)."""
+    forget_ms = 120_000
+    state = DetectState(DetectConfig(width_s=10, season_s=None, grace_ms=GRACE,
+                                     forget_ms=forget_ms), RuleSet([]))
+    per_cohort, windows = 2, 6  # p99 and p50 per series; each cohort reports for a minute
+    most = 0
+    for cohort in range(30):
+        for i in range(windows):
+            start = T0 + (cohort * windows + i) * W
+            run(state, [[latency(f"svc-{cohort}", start, 0.2)]])
+            most = max(most, state.detector_count)
+    lived = -(-(forget_ms * 5 // 4 + W) // (windows * W)) + 1  # cohorts within reach
+    assert most <= lived * per_cohort
+    assert state.detector_count >= per_cohort  # the cohort still reporting is kept
