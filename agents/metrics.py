@@ -120,12 +120,12 @@ class MetricsStage(CheckpointedStage[MetricsState]):
         await self.vigil.database.upsert_copy(
             METRIC_AGGREGATES, COPY_COLUMNS, [r for e in encoded for r in e.rows])
         await self.dead_letters.write()
-        add = self.vigil.outbox.add
+        outbox = self.vigil.outbox
         for out in encoded:
-            for series_id, record in zip(out.series_ids, out.records, strict=True):
-                add("aggregates", series_id.encode(), record)
-            for service, payload in windows_messages(out):
-                add("internal.windows", service.encode(), payload)
+            outbox.add_many("aggregates", zip([s.encode() for s in out.series_ids],
+                                              out.records, strict=True))
+            outbox.add_many("internal.windows", ((service.encode(), payload)
+                                                 for service, payload in windows_messages(out)))
         if state.closable_since is not None:
             WINDOW_CLOSE_DELAY.observe(time.perf_counter() - state.closable_since)
             state.closable_since = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -31,6 +32,9 @@ class Outbox:
         self._producer = Producer(producer_config({
             **client_config(settings), "linger.ms": 5,
             "message.timeout.ms": 0,  # never give up on a record: the stage waits instead
+            # Python hears of failures only: a callback per delivered record would cost
+            # more than producing it.
+            "on_delivery": self._done, "delivery.report.only.error": True,
         }))
         self._queued = 0
         self._errors: list[KafkaError] = []
@@ -44,12 +48,28 @@ class Outbox:
             try:
                 self._producer.produce(topic, value=value, key=key,
                                        partition=-1 if partition is None else partition,
-                                       on_delivery=self._done, headers=headers)
+                                       headers=headers)
                 break
             except BufferError:
                 self._producer.poll(0.05)
         self._queued += 1
         PRODUCED.labels(short).inc()
+
+    def add_many(self, short: str, records: Iterable[tuple[bytes, bytes]]) -> None:
+        """Queue keyed records of one topic: per record, only the produce call itself."""
+        topic = self._settings.topic(short)
+        produce = self._producer.produce
+        count = 0
+        for key, value in records:
+            try:
+                produce(topic, value, key)
+            except BufferError:
+                self._producer.poll(0.05)
+                self.add(short, key, value)
+                continue
+            count += 1
+        self._queued += count
+        PRODUCED.labels(short).inc(count)
 
     def _done(self, error: KafkaError | None, _message: Message) -> None:
         if error is not None:
