@@ -14,6 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from confluent_kafka import Consumer, TopicPartition
+
+from pipeline.kafka import INPUT_TOPICS, INTERNAL_TOPICS, SINGLE_PARTITION, client_config
 from pipeline.settings import Settings
 
 T = TypeVar("T")
@@ -120,3 +123,46 @@ class Worker:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class Lagging(list[str]):
+    """What keeps a worker from being done: falsy, and named when a wait times out."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class Settling:
+    """Whether a worker is done: its group has committed every topic it reads up to the
+    end, twice in a row with nothing new in between (downstream stages produce more as
+    upstream ones commit, and commits trail acks by up to a second), and it is idle."""
+
+    def __init__(self, settings: Settings, worker: Worker) -> None:
+        self.worker = worker
+        self.partitions = [TopicPartition(settings.topic(short), p)
+                           for short in (*INPUT_TOPICS, *INTERNAL_TOPICS)
+                           for p in range(1 if short in SINGLE_PARTITION
+                                          else settings.partitions)]
+        self.group = Consumer({**client_config(settings),
+                               "group.id": f"{settings.topic_prefix}worker"})
+        self.last: list[int] | None = None
+
+    def __call__(self) -> bool | Lagging:
+        ends = [self.group.get_watermark_offsets(tp, timeout=10)[1] for tp in self.partitions]
+        committed = self.group.committed(self.partitions, timeout=10)
+        behind = Lagging(f"{c.topic}[{c.partition}] committed {c.offset} of {end}"
+                         for end, c in zip(ends, committed, strict=True)
+                         if end != 0 and c.offset < end)
+        moved, self.last = ends != self.last, ends if not len(behind) else None
+        if len(behind):
+            return behind
+        if moved:
+            return Lagging(["new input since the last look"])
+        return self.worker.idle() or Lagging(["the worker is not idle"])
+
+    def wait(self, timeout_s: float = 180) -> None:
+        try:
+            wait_for(self, timeout_s, "the worker to commit every topic to its end",
+                     every_s=1.0)
+        finally:
+            self.group.close()

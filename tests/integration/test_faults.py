@@ -24,9 +24,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from psycopg import sql
 
+from pipeline.ingest import partition_for
 from pipeline.kafka import (
-    INPUT_TOPICS,
-    INTERNAL_TOPICS,
     SINGLE_PARTITION,
     client_config,
     create_topics,
@@ -35,7 +34,7 @@ from pipeline.local.servers import Endpoints
 from pipeline.producer import MetricsProducer
 from pipeline.settings import Settings
 from pipeline.workload import DEFAULT_START_MS, Chunk, Message, expected_results
-from tests.integration.harness import Worker, wait_for
+from tests.integration.harness import Settling, Worker, wait_for
 from tests.integration.private_servers import (
     PrivateServers,
     fresh_database,
@@ -46,13 +45,12 @@ from tests.integration.private_servers import (
 pytestmark = pytest.mark.integration
 
 SERVICES = ("flt-a", "flt-b", "flt-e", "flt-k", "flt-c")
-"""flt-c alone on partition 0 of 2, with an SLO that never burns; the others, where the
-rules fire, on partition 1. Alert state is per partition, but two things merge streams in
-an order that varies from run to run, even undisturbed (defects reported with this test):
-the incident stage reads every alert partition from one feed, and the alert stage reads
-the detect and the SLO stages' conditions from one topic. So alerts, hence incidents, come
-from one partition and one condition source; the SLO's status rows are still compared."""
-PARTITIONS = 2
+"""Of 4 partitions: flt-c alone on 0, with an SLO that never burns; flt-a and flt-b
+(ErrorRatioHigh) on 1; none on 2; flt-e (CpuHot) and flt-k on 3. So the incident stage
+merges two alert partitions (and one that never speaks), which it must do in the same
+order in every run. The alert stage reads the detect and the SLO stages' conditions from
+one topic in arrival order, so the rules fire on partitions without an SLO."""
+PARTITIONS = 4
 SECONDS = 480  # of event time, in one message per service per STEP_S
 STEP_S = 5
 EXTRA_GAUGES = 10  # per service: volume, so input that keeps arriving weighs something
@@ -234,41 +232,6 @@ def results(settings: Settings) -> Results:
     return Results(*table_rows(settings), {s: topic_contents(settings, s) for s in OUTBOUND})
 
 
-def _consumed_topics(settings: Settings) -> list[TopicPartition]:
-    return [TopicPartition(settings.topic(short), p)
-            for short in (*INPUT_TOPICS, *INTERNAL_TOPICS)
-            for p in range(1 if short in SINGLE_PARTITION else settings.partitions)]
-
-
-class Settling:
-    """Whether the worker is done: its group has committed every topic it reads up to the
-    end, twice in a row with nothing new in between (downstream stages produce more as
-    upstream ones commit, and commits trail acks by up to a second)."""
-
-    def __init__(self, settings: Settings, worker: Worker) -> None:
-        self.worker = worker
-        self.partitions = _consumed_topics(settings)
-        self.group = Consumer({**client_config(settings),
-                               "group.id": f"{settings.topic_prefix}worker"})
-        self.last: list[int] | None = None
-
-    def __call__(self) -> bool:
-        ends = [self.group.get_watermark_offsets(tp, timeout=10)[1] for tp in self.partitions]
-        committed = self.group.committed(self.partitions, timeout=10)
-        caught_up = all(end == 0 or c.offset >= end
-                        for end, c in zip(ends, committed, strict=True))
-        done = caught_up and ends == self.last and self.worker.idle()
-        self.last = ends if caught_up else None
-        return done
-
-    def wait(self, timeout_s: float = 180) -> None:
-        try:
-            wait_for(self, timeout_s, "the worker to commit every topic to its end",
-                     every_s=1.0)
-        finally:
-            self.group.close()
-
-
 def consumed(worker: Worker) -> float:
     return worker.metrics().get('vigil_consumed_messages_total{topic="metrics"}', 0.0)
 
@@ -323,6 +286,11 @@ def undisturbed(endpoints: Endpoints, config_dir: Path,
         found = results(settings)
     check_reference(found)
     yield found
+
+
+def test_the_layout_is_the_one_described() -> None:
+    assert {s: partition_for(s.encode(), PARTITIONS) for s in SERVICES} == {
+        "flt-c": 0, "flt-a": 1, "flt-b": 1, "flt-e": 3, "flt-k": 3}
 
 
 def check_reference(found: Results) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import SecretStr
@@ -45,7 +45,7 @@ from pipeline.producer import MetricsProducer, producer_config
 from pipeline.scenarios import DAY_S, SCENARIOS, Scenario, seasonal
 from pipeline.settings import Settings
 from pipeline.workload import Chunk
-from tests.integration.harness import Worker, wait_for
+from tests.integration.harness import Settling, Worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # a busy machine is slow
 
@@ -54,8 +54,6 @@ WIDTH_S = 10
 KEEP_FIRING_MS = 300_000  # VIGIL_DETECT_KEEP_FIRING_S default
 PREFIXES = {"latency_spike": "ls", "error_burst": "eb", "throughput_drop": "td",
             "saturation_leak": "sl", "deployment_regression": "dr", "cascading_failure": "cf"}
-WORKER_INPUTS = ("metrics", "catalog", "events", "internal.windows", "internal.conditions",
-                 "internal.incident-feed")
 
 
 # -- scenarios -------------------------------------------------------------------------------
@@ -156,41 +154,8 @@ def slice_end(s: Scenario, at_ms: int, slice_ms: int) -> int:
 
 # -- waiting and reading ---------------------------------------------------------------------
 
-class Lagging(list[str]):
-    """Input partitions not committed to their end: falsy, and named on a timeout."""
-
-    def __bool__(self) -> bool:
-        return False
-
-
-def settled(settings: Settings) -> bool | Lagging:
-    """The worker committed everything on its inputs (so results are durable), twice over
-    the same end offsets: nothing is on its way between stages."""
-    consumer = Consumer({**client_config(settings), "group.id": f"{settings.topic_prefix}worker",
-                         "enable.auto.commit": False})
-    try:
-        topics = consumer.list_topics(timeout=10).topics
-        parts = [TopicPartition(settings.topic(short), p)
-                 for short in WORKER_INPUTS for p in topics[settings.topic(short)].partitions]
-
-        def ends() -> list[int]:
-            return [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
-
-        before = ends()
-        committed = consumer.committed(parts, timeout=10)
-        lagging = Lagging(f"{c.topic}[{c.partition}] at {c.offset} of {end}"
-                          for c, end in zip(committed, before, strict=True)
-                          if c.offset < end and end != 0)
-        if len(lagging):
-            return lagging
-        return ends() == before or Lagging(["new input meanwhile"])
-    finally:
-        consumer.close()
-
-
 def settle(settings: Settings, worker: Worker, timeout_s: float = 480) -> None:
-    wait_for(lambda: settled(settings) and (worker.idle() or Lagging(["worker not idle"])),
-             timeout_s, "the worker to consume everything", every_s=1.0)
+    Settling(settings, worker).wait(timeout_s)
 
 
 def query(dsn: str, text: sql.Composed | str, *params: Any) -> list[dict[str, Any]]:
