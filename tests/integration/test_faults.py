@@ -51,8 +51,8 @@ the alert stage reads the detect and the SLO stages' conditions from one topic i
 order, and the incident stage, which orders the alert partitions by event time, releases
 what it holds whenever the whole worker is idle, as it is while the broker is away with
 one partition's input delivered further than another's. So alerts come from one partition
-and one condition source (4 partitions, flt-b and flt-e apart, passed the kill -9 sweep but
-not the broker restart); the SLO's status rows are still compared."""
+and one condition source (with 4 partitions, flt-b and flt-e apart, even an undisturbed
+run can release them in another order than the next); the SLO's status rows are compared."""
 PARTITIONS = 2
 SECONDS = 480  # of event time, in one message per service per STEP_S
 STEP_S = 5
