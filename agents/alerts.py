@@ -27,7 +27,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from agents.checkpoint import CheckpointedStage
-from agents.ingest import DeadLetterBox, check, origin_of
+from agents.ingest import check, origin_of
 from pipeline.alerts import FIRING, RESOLVED, AlertBook, Transition
 from pipeline.app import Vigil
 from pipeline.codec import CodecError, decode, encode
@@ -107,7 +107,6 @@ class AlertsStage(CheckpointedStage[AlertsState]):
 
     def __init__(self, vigil: Vigil) -> None:
         super().__init__(vigil)
-        self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)
         self.inhibitor = Inhibitor()
         self.short = {vigil.settings.topic(s): s for s in (CONDITIONS, EVENTS, HEALTH)}
         self.stale_ms = int(self.settings.health_stale_s * 1000)

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import struct
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from agents.ingest import DeadLetterBox, origin_of
 from pipeline.app import Vigil
+from pipeline.ingest import dead_letter
 
 S = TypeVar("S")
+log = logging.getLogger(__name__)
 
 MAX_CHECKPOINTS_IN_FLIGHT = 4
 CHECKPOINT_EVERY_S = 1.0
@@ -81,6 +85,7 @@ class CheckpointedStage(ABC, Generic[S]):
         self._last_write: asyncio.Future[None] | None = None
         self._in_flight = 0  # checkpoints cut and not yet committed
         self.input_topics: set[str] = set()
+        self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)  # written by `flush`
 
     # -- what a stage defines ------------------------------------------------------------
 
@@ -139,11 +144,26 @@ class CheckpointedStage(ABC, Generic[S]):
             part.pending.append(event)
             if message.offset <= part.offsets.get(message.topic, -1):
                 return  # already inside the restored snapshot
-            if await self.process(message.partition, part.state, event):
+            if await self._process(message.partition, part.state, event):
                 part.output_waiting = True
             part.offsets[message.topic] = message.offset
             if part.due(time.monotonic()):
                 await self._checkpoint(message.partition, part)
+
+    async def _process(self, partition: int, state: S, event: Any) -> bool:
+        """`process`, except that input it fails on (a bug, since bad input is refused with
+        a reason) is dead-lettered and skipped: one record must not stop its partition.
+        Replays fail the same way, so results stay deterministic."""
+        try:
+            return await self.process(partition, state, event)
+        except Exception as exc:
+            message = event.message
+            log.exception("%s stage failed on %s[%d]@%d; dead-lettered", self.name,
+                          message.topic, message.partition, message.offset)
+            self.dead_letters.add([dead_letter(origin_of(event, self.settings.partitions),
+                                               event.value or b"", "processing_failed",
+                                               f"{self.name}: {type(exc).__name__}: {exc}")])
+            return True
 
     async def on_timer(self) -> None:
         """Run `tick` for every partition and checkpoint those that went quiet."""

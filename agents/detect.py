@@ -16,7 +16,7 @@ from faust.types import TP
 from psycopg.types.json import Jsonb
 
 from agents.checkpoint import CheckpointedStage
-from agents.ingest import DeadLetterBox, check, origin_of
+from agents.ingest import check, origin_of
 from pipeline.aggregate_codec import decode_windows
 from pipeline.anomaly import DetectConfig, Detected, DetectState
 from pipeline.app import Vigil
@@ -65,7 +65,6 @@ class DetectStage(CheckpointedStage[DetectPartition]):
         rules = (load_rules(s.config_dir, widths_s=widths, grace_ms=grace_ms)
                  if s.config_dir else RuleSet([], widths_s=widths, grace_ms=grace_ms))
         self.rules = rules
-        self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)
         self.grace_ms = round(s.grace_s * 1000)
         self.step_ms = round(s.stream_time_step_s * 1000)
 

@@ -33,7 +33,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from agents.checkpoint import CheckpointedStage
-from agents.ingest import DeadLetterBox, origin_of
+from agents.ingest import origin_of
 from pipeline.app import Vigil
 from pipeline.catalog import Catalog, ServiceInfo
 from pipeline.codec import CodecError, decode, encode
@@ -91,7 +91,6 @@ class IncidentsStage(CheckpointedStage[IncidentsState]):
     def __init__(self, vigil: Vigil) -> None:
         super().__init__(vigil)
         self.config = load_incident_config(vigil.settings.config_dir)
-        self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)
         self.max_skew_ms = round(vigil.settings.incident_max_skew_s * 1000)
 
     def new_state(self, partition: int) -> IncidentsState:

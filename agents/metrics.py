@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.checkpoint import CheckpointedStage
-from agents.ingest import DeadLetterBox, origin_of
+from agents.ingest import origin_of
 from pipeline.aggregate import Aggregator, WindowAggregates
 from pipeline.aggregate_codec import COPY_COLUMNS, AggregateEncoder, windows_messages
 from pipeline.app import Vigil
@@ -53,7 +53,6 @@ class MetricsStage(CheckpointedStage[MetricsState]):
         s = vigil.settings
         self.door = MetricsDoor(LabelLimits(s.max_labels, s.max_label_bytes,
                                             s.max_series_bytes))
-        self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)
         # Latency SLIs need "observations <= le", which only the window's sketch knows.
         config = vigil.settings.config_dir
         self.encoder = AggregateEncoder(

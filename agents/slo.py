@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from agents.checkpoint import CheckpointedStage
-from agents.ingest import DeadLetterBox, check, origin_of
+from agents.ingest import check, origin_of
 from pipeline.aggregate_codec import decode_windows
 from pipeline.app import Vigil
 from pipeline.codec import CodecError, decode, encode
@@ -231,7 +231,6 @@ class SloStage(CheckpointedStage[SloPartition]):
         self.topics = {vigil.settings.topic("internal.windows"): WINDOWS,
                        vigil.settings.topic("health"): HEALTH}
         self.rows: dict[int, list[dict[str, Any]]] = {}  # per partition, not yet durable
-        self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)
 
     def _slos_of(self, partition: int) -> list[Slo]:
         partitions = self.settings.partitions

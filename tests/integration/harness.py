@@ -118,11 +118,25 @@ class Worker:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def log_errors(self, lines: int = 80) -> str:
+        """From the first error or warning on: what went wrong first, with its traceback."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        found = text.splitlines()
+        first = next((i for i, line in enumerate(found)
+                      if "[ERROR]" in line or "[WARNING]" in line or "Traceback" in line),
+                     len(found))
+        return "\n".join(found[first:first + lines])
+
     def __enter__(self) -> Worker:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
+        exited = self.process.poll() if self.process is not None else None
         self.stop()
+        if kind is not None:  # CI keeps only the output: show what the worker said
+            status = "running" if exited is None else f"had exited with {exited}"
+            print(f"--- worker {status}; first errors in {self.log_path} ---\n"
+                  f"{self.log_errors()}\n--- last lines ---\n{self.log_tail(60)}")
 
 
 class Lagging(list[str]):
