@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -54,6 +53,7 @@ from itertools import repeat
 import numpy as np
 
 from pipeline.batch import COUNTER, KIND_NAMES, OBSERVATION, SampleBatch
+from pipeline.compress import compress, decompress
 from pipeline.sketch import QuantileSketch, bucket_codes, compact, grouped_quantiles, pack, unpack
 from pipeline.windows import NO_TIME, WindowClock, running_stream_time
 
@@ -337,6 +337,9 @@ class Aggregator:
         self._services = _column(object, None, 0)
         self._labels = _column(object, None, 0)
         self._meta = _column(object, None, 0)
+        # Live slots and their metadata lines joined, as the last snapshot wrote them: kept
+        # until the series set changes, which on a steady fleet is rarely.
+        self._series_part: tuple[np.ndarray, np.ndarray] | None = None
         self._open: dict[tuple[int, int], _Window] = {}
 
     @property
@@ -429,6 +432,7 @@ class Aggregator:
         self._services[slot] = batch.services[i]
         self._labels[slot] = batch.labels[i]
         self._meta[slot] = None
+        self._series_part = None
         self._kind[slot] = batch.kinds[i]
         return slot
 
@@ -628,19 +632,25 @@ class Aggregator:
         for name, _, fill in _SERIES_COLUMNS:
             getattr(self, name)[idle] = fill
         self._free.extend(idle.tolist())
+        self._series_part = None
 
     # -- persistence ------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
         """The complete state as bytes: config, stream time, series, open windows."""
         high = self._high
-        live = np.flatnonzero(self._kind[:high] >= 0)
-        for slot in [s for s in live.tolist() if self._meta[s] is None]:
-            entry = [self._ids[slot], self._names[slot], self._services[slot], self._labels[slot]]
-            self._meta[slot] = json.dumps(entry, separators=(",", ":")).encode()
+        if self._series_part is None:
+            live = np.flatnonzero(self._kind[:high] >= 0)
+            for slot in [s for s in live.tolist() if self._meta[s] is None]:
+                entry = [self._ids[slot], self._names[slot], self._services[slot],
+                         self._labels[slot]]
+                self._meta[slot] = json.dumps(entry, separators=(",", ":")).encode()
+            lines = b"\n".join(self._meta.take(live).tolist())
+            self._series_part = live, np.frombuffer(lines, dtype=np.uint8)
+        live, meta = self._series_part
         arrays: list[np.ndarray] = [
             live,
-            np.frombuffer(b"\n".join(self._meta.take(live).tolist()), dtype=np.uint8),
+            meta,
             self._kind.take(live),
             self._last_seen.take(live),
             self._prev_ts.take(live),
@@ -665,7 +675,7 @@ class Aggregator:
             "arrays": [[a.dtype.str, a.size] for a in arrays],
         }
         head = json.dumps(header, separators=(",", ":")).encode()
-        body = zlib.compress(b"".join(a.tobytes() for a in arrays), 1)
+        body = compress(b"".join(a.tobytes() for a in arrays))
         return _SNAPSHOT_MAGIC + _HEADER_SIZE.pack(len(head)) + head + body
 
     @classmethod
@@ -677,7 +687,7 @@ class Aggregator:
         (head_size,) = _HEADER_SIZE.unpack_from(data, offset)
         offset += _HEADER_SIZE.size
         header = json.loads(data[offset : offset + head_size])
-        body = zlib.decompress(data[offset + head_size :])
+        body = decompress(data[offset + head_size :])
         arrays, offset = [], 0
         for dtype, size in header["arrays"]:
             array = np.frombuffer(body, dtype=dtype, count=size, offset=offset)

@@ -41,13 +41,13 @@ import hashlib
 import json
 import math
 import struct
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.aggregate import ClosedWindow
+from pipeline.compress import compress, decompress
 from pipeline.detect import Detector, DetectorConfig, OutOfOrder, Score, classify, severity
 from pipeline.rules import RuleSet
 
@@ -360,7 +360,7 @@ class DetectState:
                 detector = Detector(self._detector_config)
             else:
                 size, _, _ = _FRAME.unpack_from(frame)
-                detector = Detector.from_bytes(zlib.decompress(frame[_FRAME.size + size:]))
+                detector = Detector.from_bytes(decompress(frame[_FRAME.size + size:]))
             self._detectors[key] = detector
         return detector
 
@@ -392,7 +392,7 @@ class DetectState:
     def snapshot(self) -> bytes:
         """Header JSON, then one frame per detector; only dirty detectors are serialised."""
         for key in self._dirty:
-            state = zlib.compress(self._detectors[key].to_bytes(), 1)
+            state = compress(self._detectors[key].to_bytes())
             encoded = key.encode()
             self._frames[key] = (_FRAME.pack(len(encoded), self._last_ms[key], len(state))
                                  + encoded + state)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 import re
 import struct
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from pipeline.compress import compress, decompress
 from pipeline.configfile import ConfigError, Location, load_dir
 from pipeline.selector import Selector, parse_selector
 
@@ -584,7 +584,7 @@ class SloState:
     def to_bytes(self) -> bytes:
         """Compact snapshot: only the minutes since the first event, chronologically, as
         uint32 when every count is a whole number below 2**32, split into byte planes
-        (the high bytes of counts are mostly zero) and zlib-compressed."""
+        (the high bytes of counts are mostly zero) and compressed."""
         if self.head is None or self.first is None:
             return _HEADER.pack(_MAGIC, 1, _FLOAT64, self.size, 0, 0, 0)
         n = min(self.head - self.first + 1, self.size)
@@ -596,7 +596,7 @@ class SloState:
         packed = values.astype("<u4" if whole else "<f8")
         planes = packed.view(np.uint8).reshape(-1, packed.itemsize).T.tobytes()
         header = _HEADER.pack(_MAGIC, 1, dtype, self.size, self.head, self.first, n)
-        return header + zlib.compress(planes, 1)
+        return header + compress(planes)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SloState:
@@ -606,7 +606,7 @@ class SloState:
         state = cls(size)  # a ring of `size` minutes, whatever window it was made for
         if n:
             packed = np.dtype("<u4" if dtype == _UINT32 else "<f8")
-            planes = np.frombuffer(zlib.decompress(data[_HEADER.size :]), dtype=np.uint8)
+            planes = np.frombuffer(decompress(data[_HEADER.size :]), dtype=np.uint8)
             values = planes.reshape(packed.itemsize, -1).T.copy().view(packed).ravel()
             start = head - n + 1
             offset = 0
