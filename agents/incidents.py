@@ -137,8 +137,7 @@ class IncidentsStage(CheckpointedStage[IncidentsState]):
     async def tick(self, partition: int, state: IncidentsState) -> bool:
         """Release everything held once nothing more can come: this stage has read the
         whole feed and no other stage has input to read or output to write."""
-        if len(state.merge) and not self.behind() and not any(
-                stage.busy() for stage in self.vigil.stages.values() if stage is not self):
+        if len(state.merge) and not self.behind() and not self.vigil.busy(besides=self):
             for kind, record in state.merge.drain():
                 self._take(state, kind, record)
             HELD_FEED_RECORDS.set(0)

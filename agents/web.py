@@ -26,7 +26,7 @@ def register(vigil: Vigil) -> None:
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         _update_lag(vigil)
-        WORKER_IDLE.set(0.0 if any(stage.busy() for stage in vigil.stages.values()) else 1.0)
+        WORKER_IDLE.set(0.0 if vigil.busy() else 1.0)
         return web.bytes(generate_latest(REGISTRY),
                          content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 

@@ -32,6 +32,10 @@ class Vigil:
     def topic(self, short: str) -> Any:
         return self.topics[short]
 
+    def busy(self, besides: Any = None) -> bool:
+        """Whether a stage (other than `besides`) may still send something without new input."""
+        return any(stage.busy() for stage in self.stages.values() if stage is not besides)
+
 
 def _credentials(settings: Settings) -> Any:
     if not settings.kafka_sasl_mechanism:
