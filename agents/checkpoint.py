@@ -21,6 +21,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from faust.types import TP
+
 from agents.ingest import DeadLetterBox, origin_of
 from pipeline.app import Vigil
 from pipeline.ingest import dead_letter
@@ -85,6 +87,9 @@ class CheckpointedStage(ABC, Generic[S]):
         self._last_write: asyncio.Future[None] | None = None
         self._in_flight = 0  # checkpoints cut and not yet committed
         self.input_topics: set[str] = set()
+        # Per input partition being read again: the offset at which the stage saw records
+        # missing. Later records are still on their way from before the seek.
+        self._rereading: dict[TP, int] = {}
         self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)  # written by `flush`
 
     # -- what a stage defines ------------------------------------------------------------
@@ -141,6 +146,8 @@ class CheckpointedStage(ABC, Generic[S]):
         async with self.lock:
             message = event.message
             part = self.partition(message.partition)
+            if not await self._in_sequence(message, part.offsets.get(message.topic)):
+                return  # not acknowledged: it comes again after the records before it
             part.pending.append(event)
             if message.offset <= part.offsets.get(message.topic, -1):
                 return  # already inside the restored snapshot
@@ -149,6 +156,28 @@ class CheckpointedStage(ABC, Generic[S]):
             part.offsets[message.topic] = message.offset
             if part.due(time.monotonic()):
                 await self._checkpoint(message.partition, part)
+
+    async def _in_sequence(self, message: Any, last: int | None) -> bool:
+        """Whether to take this record now. Faust drops the events still queued for a
+        stream when it resumes flow after a rebalance; when the consumer's position is past
+        them they do not come again, the stage would go on without them and the partition's
+        commits stop there (seen after restarts). A stage that sees a record beyond the next
+        one it expects seeks back to the missing ones; replayed records it holds are skipped
+        as after any restart."""
+        tp = TP(message.topic, message.partition)
+        seen_at = self._rereading.get(tp)
+        if seen_at is not None:
+            if message.offset > seen_at:
+                return False  # read before the seek; it comes again in order
+            del self._rereading[tp]  # the seek took effect: what is absent does not exist
+            return True
+        if last is None or message.offset <= last + 1:
+            return True
+        log.warning("%s stage missed %s[%d] offsets %d..%d; reading them again", self.name,
+                    message.topic, message.partition, last + 1, message.offset - 1)
+        self._rereading[tp] = message.offset
+        await self.vigil.app.consumer.seek(tp, last + 1)
+        return False
 
     async def _process(self, partition: int, state: S, event: Any) -> bool:
         """`process`, except that input it fails on (a bug, since bad input is refused with
@@ -240,6 +269,8 @@ class CheckpointedStage(ABC, Generic[S]):
         """Revoked partitions: their next owner restores them from the changelog."""
         for number in revoked:
             self.partitions.pop(number, None)
+        self._rereading = {tp: at for tp, at in self._rereading.items()
+                           if tp.partition not in revoked}
 
     def register(self, channel: Any, topics: set[str], timer_s: float = OUTPUT_DELAY_S) -> None:
         """Wire the stage: an agent with manual acks, a timer, rebalance handling."""

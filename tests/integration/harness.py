@@ -132,10 +132,15 @@ class Worker:
 
     def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
         exited = self.process.poll() if self.process is not None else None
+        state = "" if kind is None or exited is not None else "\n".join(
+            f"{name} {value:g}" for name, value in self.metrics().items()
+            if name.startswith(("vigil_consumer_lag", "vigil_worker_idle", "vigil_consumed_"
+                                "messages", "vigil_incident_feed_held")))
         self.stop()
         if kind is not None:  # CI keeps only the output: show what the worker said
             status = "running" if exited is None else f"had exited with {exited}"
-            print(f"--- worker {status}; first errors in {self.log_path} ---\n"
+            print(f"--- worker {status}; its state ---\n{state}\n"
+                  f"--- first errors in {self.log_path} ---\n"
                   f"{self.log_errors()}\n--- last lines ---\n{self.log_tail(60)}")
 
 

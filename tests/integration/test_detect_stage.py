@@ -18,7 +18,7 @@ from pipeline.envelope import unwrap
 from pipeline.kafka import client_config, create_topics
 from pipeline.producer import MetricsProducer, producer_config
 from pipeline.settings import Settings
-from tests.integration.harness import Worker, wait_for
+from tests.integration.harness import Lagging, Worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,15 +73,18 @@ def anomaly_rows(dsn: str) -> list[dict[str, Any]]:
         return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
-def all_committed(settings: Settings, short: str) -> bool:
-    """The stage acknowledged (so checkpointed) everything on `short`."""
+def all_committed(settings: Settings, short: str) -> bool | Lagging:
+    """The stage acknowledged (so checkpointed) everything on `short`; else what lags."""
     consumer = Consumer({**client_config(settings), "group.id": f"{settings.topic_prefix}worker",
                          "enable.auto.commit": False})
     try:
         parts = [TopicPartition(settings.topic(short), p) for p in range(settings.partitions)]
         committed = consumer.committed(parts, timeout=10)
         ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
-        return all(c.offset >= end or end == 0 for c, end in zip(committed, ends, strict=True))
+        behind = Lagging(f"{c.topic}[{c.partition}] committed {c.offset} of {end}"
+                         for c, end in zip(committed, ends, strict=True)
+                         if c.offset < end and end > 0)
+        return behind or True
     finally:
         consumer.close()
 

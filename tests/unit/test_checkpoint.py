@@ -1,5 +1,6 @@
-"""The checkpoint mechanism's handling of a record a stage fails on: dead-lettered with the
-error, offset advanced, output waiting — the partition goes on instead of stalling."""
+"""The checkpoint mechanism's handling of input it cannot take as it comes: a record a stage
+fails on is dead-lettered and the partition goes on; records a stage never received are read
+again, in order, before what follows them."""
 
 from __future__ import annotations
 
@@ -13,10 +14,16 @@ from pipeline.settings import Settings
 
 
 class Stand:
-    """The few parts of the app, outbox and database the stage touches before a flush."""
+    """The few parts of the app, consumer, outbox and database the stage touches before a
+    flush."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.seeks: list[tuple[str, int, int]] = []
+        self.consumer = self
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp.topic, tp.partition, offset))
 
     def Table(self, *args: Any, **kwargs: Any) -> dict[bytes, bytes]:
         return {}
@@ -51,16 +58,27 @@ def event(offset: int, value: bytes) -> Any:
     return SimpleNamespace(message=message, value=value)
 
 
-def test_a_record_the_stage_fails_on_is_dead_lettered_and_the_partition_goes_on() -> None:
+def fragile() -> tuple[Fragile, Stand]:
     stand = Stand()
     vigil = SimpleNamespace(app=stand, settings=Settings(), outbox=stand, database=stand)
-    stage = Fragile(vigil)  # type: ignore[arg-type]
+    return Fragile(vigil), stand  # type: ignore[arg-type]
 
-    async def feed() -> None:
+
+def feed(stage: Fragile, *offsets: int) -> None:
+    async def run() -> None:
+        for offset in offsets:
+            await stage.on_event(event(offset, b"%d" % offset))
+    asyncio.run(run())
+
+
+def test_a_record_the_stage_fails_on_is_dead_lettered_and_the_partition_goes_on() -> None:
+    stage, stand = fragile()
+
+    async def run() -> None:
         for offset, value in enumerate([b"a", b"boom", b"b"]):
             await stage.on_event(event(offset, value))
 
-    asyncio.run(feed())
+    asyncio.run(run())
     part = stage.partitions[1]
     assert part.state == [b"a", b"b"]
     assert part.offsets == {"t.metrics": 2} and len(part.pending) == 3
@@ -72,3 +90,32 @@ def test_a_record_the_stage_fails_on_is_dead_lettered_and_the_partition_goes_on(
     assert (letter["topic"], letter["partition"], letter["offset"]) == ("t.metrics", 1, 1)
     assert letter["payload"] == b"boom" and letter["reason"] == "processing_failed"
     assert letter["detail"] == "fragile: ZeroDivisionError: a bug this input meets"
+
+
+def test_records_the_stage_never_received_are_read_again_before_what_follows() -> None:
+    stage, stand = fragile()
+    # 3 and 4 were dropped from the stream's queue; 5..6 were already on their way.
+    feed(stage, 0, 1, 2, 5, 6)
+    assert stand.seeks == [("t.metrics", 1, 3)]
+    part = stage.partitions[1]
+    assert part.state == [b"0", b"1", b"2"] and part.offsets == {"t.metrics": 2}
+    assert len(part.pending) == 3  # the early ones are not acknowledged: they come again
+    feed(stage, 3, 4, 5, 6, 7)
+    assert part.state == [b"%d" % i for i in range(8)] and part.offsets == {"t.metrics": 7}
+    assert stand.seeks == [("t.metrics", 1, 3)]
+
+
+def test_offsets_that_hold_no_record_are_passed_after_one_look() -> None:
+    stage, stand = fragile()
+    # 3 holds no record (a transaction marker, or deleted by retention): after the seek the
+    # partition continues at 4, no later than the record that showed the hole.
+    feed(stage, 0, 1, 2, 4, 5, 4, 5, 6)
+    assert stand.seeks == [("t.metrics", 1, 3)]
+    assert stage.partitions[1].state == [b"0", b"1", b"2", b"4", b"5", b"6"]
+
+
+def test_a_restored_stage_skips_what_its_snapshot_holds() -> None:
+    stage, stand = fragile()
+    feed(stage, 0, 1, 2)
+    feed(stage, 0, 1, 2, 3)  # replayed from the committed offset, as after a restart
+    assert stand.seeks == [] and stage.partitions[1].state == [b"0", b"1", b"2", b"3"]
