@@ -42,6 +42,19 @@ MAX_OUTPUT_DELAY_S = 0.15
 """A large state costs milliseconds to snapshot: output then waits longer, so that
 snapshots take at most SNAPSHOT_SHARE of the time, but never longer than this."""
 _HEADER = struct.Struct("<I")
+REREAD_RETRY_S = 1.0
+"""How often a stage re-reading missed records sends the consumer back to them until they
+arrive: Faust discards fetched records below the offset it last delivered, so a seek that
+records already on their way overtake is lost."""
+
+
+@dataclass
+class Reread:
+    """Records a stage missed on one input partition, being read again."""
+
+    first: int  # the first missing offset, where the consumer is sent
+    seen_at: int  # the record that showed the hole; later ones were on their way already
+    sought: float  # when the consumer was last sent back
 
 
 @dataclass
@@ -87,9 +100,7 @@ class CheckpointedStage(ABC, Generic[S]):
         self._last_write: asyncio.Future[None] | None = None
         self._in_flight = 0  # checkpoints cut and not yet committed
         self.input_topics: set[str] = set()
-        # Per input partition being read again: the offset at which the stage saw records
-        # missing. Later records are still on their way from before the seek.
-        self._rereading: dict[TP, int] = {}
+        self._rereading: dict[TP, Reread] = {}  # input partitions with records missed
         self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)  # written by `flush`
 
     # -- what a stage defines ------------------------------------------------------------
@@ -162,12 +173,13 @@ class CheckpointedStage(ABC, Generic[S]):
         stream when it resumes flow after a rebalance; when the consumer's position is past
         them they do not come again, the stage would go on without them and the partition's
         commits stop there (seen after restarts). A stage that sees a record beyond the next
-        one it expects seeks back to the missing ones; replayed records it holds are skipped
-        as after any restart."""
+        one it expects sends the consumer back to the missing ones (again every
+        REREAD_RETRY_S until they come); replayed records it holds are skipped as after any
+        restart."""
         tp = TP(message.topic, message.partition)
-        seen_at = self._rereading.get(tp)
-        if seen_at is not None:
-            if message.offset > seen_at:
+        reread = self._rereading.get(tp)
+        if reread is not None:
+            if message.offset > reread.seen_at:
                 return False  # read before the seek; it comes again in order
             del self._rereading[tp]  # the seek took effect: what is absent does not exist
             return True
@@ -175,9 +187,15 @@ class CheckpointedStage(ABC, Generic[S]):
             return True
         log.warning("%s stage missed %s[%d] offsets %d..%d; reading them again", self.name,
                     message.topic, message.partition, last + 1, message.offset - 1)
-        self._rereading[tp] = message.offset
+        self._rereading[tp] = Reread(last + 1, message.offset, time.monotonic())
         await self.vigil.app.consumer.seek(tp, last + 1)
         return False
+
+    async def _seek_again(self, now: float) -> None:
+        for tp, reread in self._rereading.items():
+            if now - reread.sought >= REREAD_RETRY_S:
+                reread.sought = now
+                await self.vigil.app.consumer.seek(tp, reread.first)
 
     async def _process(self, partition: int, state: S, event: Any) -> bool:
         """`process`, except that input it fails on (a bug, since bad input is refused with
@@ -198,6 +216,7 @@ class CheckpointedStage(ABC, Generic[S]):
         """Run `tick` for every partition and checkpoint those that went quiet."""
         async with self.lock:
             now = time.monotonic()
+            await self._seek_again(now)
             for number, part in list(self.partitions.items()):
                 if await self.tick(number, part.state):
                     part.output_waiting = True
@@ -269,7 +288,7 @@ class CheckpointedStage(ABC, Generic[S]):
         """Revoked partitions: their next owner restores them from the changelog."""
         for number in revoked:
             self.partitions.pop(number, None)
-        self._rereading = {tp: at for tp, at in self._rereading.items()
+        self._rereading = {tp: reread for tp, reread in self._rereading.items()
                            if tp.partition not in revoked}
 
     def register(self, channel: Any, topics: set[str], timer_s: float = OUTPUT_DELAY_S) -> None:

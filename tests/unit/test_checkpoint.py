@@ -8,7 +8,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from agents.checkpoint import CheckpointedStage
+from agents.checkpoint import REREAD_RETRY_S, CheckpointedStage
 from pipeline.codec import decode
 from pipeline.settings import Settings
 
@@ -100,9 +100,17 @@ def test_records_the_stage_never_received_are_read_again_before_what_follows() -
     part = stage.partitions[1]
     assert part.state == [b"0", b"1", b"2"] and part.offsets == {"t.metrics": 2}
     assert len(part.pending) == 3  # the early ones are not acknowledged: they come again
+    # Records already on their way made Faust discard the seek: it is sent again, once a
+    # retry interval has passed, until the missed records come.
+    asyncio.run(stage.on_timer())
+    assert stand.seeks == [("t.metrics", 1, 3)]
+    for reread in stage._rereading.values():
+        reread.sought -= REREAD_RETRY_S
+    asyncio.run(stage.on_timer())
+    assert stand.seeks == [("t.metrics", 1, 3)] * 2
     feed(stage, 3, 4, 5, 6, 7)
     assert part.state == [b"%d" % i for i in range(8)] and part.offsets == {"t.metrics": 7}
-    assert stand.seeks == [("t.metrics", 1, 3)]
+    assert stage._rereading == {}
 
 
 def test_offsets_that_hold_no_record_are_passed_after_one_look() -> None:
