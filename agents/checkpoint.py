@@ -176,15 +176,17 @@ class CheckpointedStage(ABC, Generic[S]):
         one it expects sends the consumer back to the missing ones (again every
         REREAD_RETRY_S until they come); replayed records it holds are skipped as after any
         restart."""
-        tp = TP(message.topic, message.partition)
-        reread = self._rereading.get(tp)
-        if reread is not None:
-            if message.offset > reread.seen_at:
-                return False  # read before the seek; it comes again in order
-            del self._rereading[tp]  # the seek took effect: what is absent does not exist
-            return True
+        if self._rereading:
+            tp = TP(message.topic, message.partition)
+            reread = self._rereading.get(tp)
+            if reread is not None:
+                if message.offset > reread.seen_at:
+                    return False  # read before the seek; it comes again in order
+                del self._rereading[tp]  # the seek took effect: what is absent does not exist
+                return True
         if last is None or message.offset <= last + 1:
             return True
+        tp = TP(message.topic, message.partition)
         log.warning("%s stage missed %s[%d] offsets %d..%d; reading them again", self.name,
                     message.topic, message.partition, last + 1, message.offset - 1)
         self._rereading[tp] = Reread(last + 1, message.offset, time.monotonic())
