@@ -286,6 +286,21 @@ class CheckpointedStage(ABC, Generic[S]):
                     return True
         return False
 
+    def progress(self) -> tuple[int, int]:
+        """Changes whenever the stage reads a record or finishes a checkpoint."""
+        return (sum(sum(p.offsets.values()) for p in self.partitions.values()),
+                self._in_flight + self._jobs.qsize())
+
+    def describe(self) -> str:
+        """What a stalled stage is waiting on, for the watchdog's warning."""
+        consumer = self.vigil.app.consumer
+        behind = {f"{tp.topic}[{tp.partition}]": (self._offsets(tp.partition).get(tp.topic),
+                                                  consumer.highwater(tp))
+                  for tp in consumer.assignment() if tp.topic in self.input_topics}
+        return (f"read/highwater {behind}; lock held {self.lock.locked()}; "
+                f"checkpoints in flight {self._in_flight}; "
+                f"re-reading {sorted(map(str, self._rereading))}")
+
     def forget(self, revoked: set[int]) -> None:
         """Revoked partitions: their next owner restores them from the changelog."""
         for number in revoked:

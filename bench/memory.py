@@ -63,12 +63,7 @@ def group_lag(settings: Settings) -> int:
 
 
 def rss_mb(worker: Worker) -> float:
-    """Resident memory of the worker process (Linux /proc)."""
-    assert worker.process is not None
-    for line in Path(f"/proc/{worker.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc status")
+    return worker.rss_kib() / 1024
 
 
 def active_series(worker: Worker) -> int:

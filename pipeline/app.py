@@ -13,7 +13,8 @@ from pipeline.settings import Settings
 from pipeline.sinks.kafka import Outbox
 from pipeline.sinks.timescale import Database
 
-STAGES = ("catalog", "metrics", "detect", "slo", "feedback", "alerts", "incidents", "web")
+STAGES = ("catalog", "metrics", "detect", "slo", "feedback", "alerts", "incidents", "web",
+          "watchdog")
 """Agent modules in `agents/`, each with `register(vigil)`; order is registration order."""
 
 

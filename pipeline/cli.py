@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 
 import typer
@@ -114,8 +115,15 @@ def db_migrate() -> None:
 
 
 @app.command()
-def worker(loglevel: str = typer.Option("warn", help="crit|error|warn|info|debug")) -> None:
+def worker(loglevel: str = typer.Option("warn", help="crit|error|warn|info|debug"),
+           supervise: bool = typer.Option(True, help="Run the pipeline in a child process "
+                                          "and start it again if it stalls.")) -> None:
     """Run the pipeline: consume, aggregate, detect, alert; serve /health and /metrics."""
+    if supervise:
+        from pipeline.supervisor import supervise as run_supervised
+
+        raise typer.Exit(run_supervised([sys.executable, "-m", "pipeline.cli", "worker",
+                                         "--no-supervise", "--loglevel", loglevel]))
     import faust
 
     from pipeline.app import create_app

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     # the event loop, so a loop must never stall this long (processing one message takes ms).
     kafka_session_timeout_s: float = Field(default=15.0, ge=6, le=300)
 
+    # A stage with input waiting that makes no progress this long (database up, no table
+    # recovery running) exits the worker so that its supervisor starts it afresh: see
+    # agents/watchdog.py. 0 never exits.
+    stall_exit_s: float = Field(default=90.0, ge=0)
+
     stages: list[str] | None = None  # a subset of pipeline.app.STAGES, e.g. for benchmarks
     window_widths_s: list[int] = Field(default_factory=lambda: [10, 60])
     grace_s: float = Field(default=5.0, ge=0)

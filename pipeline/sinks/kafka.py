@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from pipeline.kafka import client_config
 from pipeline.producer import producer_config
@@ -70,6 +70,17 @@ class Outbox:
             count += 1
         self._queued += count
         PRODUCED.labels(short).inc(count)
+
+    async def reachable(self, timeout_s: float = 5.0) -> bool:
+        """Whether the broker answers a metadata request now."""
+        topic = self._settings.topic("metrics")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                None, lambda: self._producer.list_topics(topic, timeout=timeout_s))
+        except KafkaException:
+            return False
+        return True
 
     def _done(self, error: KafkaError | None, _message: Message) -> None:
         if error is not None:

@@ -106,6 +106,20 @@ class Worker:
                 found[name] = float(value)
         return found
 
+    def rss_kib(self) -> int:
+        """Resident memory of the worker: the supervisor and the pipeline it runs (Linux)."""
+        assert self.process is not None
+        total, pids = 0, [self.process.pid]
+        while pids:
+            pid = pids.pop()
+            proc = Path(f"/proc/{pid}")
+            total += next(int(line.split()[1])
+                          for line in (proc / "status").read_text().splitlines()
+                          if line.startswith("VmRSS:"))
+            pids += [int(c) for task in (proc / "task").iterdir()
+                     for c in (task / "children").read_text().split()]
+        return total
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, sig)

@@ -239,14 +239,6 @@ def consumed(worker: Worker) -> float:
     return worker.metrics().get('vigil_consumed_messages_total{topic="metrics"}', 0.0)
 
 
-def rss_kib(worker: Worker) -> int:
-    assert worker.process is not None
-    for line in Path(f"/proc/{worker.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for worker {worker.process.pid}")
-
-
 def assert_same(got: Results, want: Results) -> None:
     for table, rows in want.tables.items():
         found = got.tables[table]
@@ -333,19 +325,16 @@ def test_kill_9_changes_nothing(undisturbed: Results, endpoints: Endpoints, conf
     with fresh_database(endpoints.database_url) as dsn:
         settings = fault_settings(endpoints, dsn, tmp_path / "home", config_dir)
         create_topics(settings)
-        worker = Worker(settings, tmp_path, name="first").start()
-        try:
+        with Worker(settings, tmp_path, name="first") as first:
             out = producer(settings)
             send(out, MESSAGES)
             out.flush()
-            wait_for(lambda: consumed(worker) >= kill_after, 120,
+            wait_for(lambda: consumed(first) >= kill_after, 120,
                      f"{kill_after} messages consumed", every_s=0.01)
-            at = consumed(worker)
-            worker.kill()
-            worker = Worker(settings, tmp_path, name="second").start()
-            Settling(settings, worker).wait()
-        finally:
-            worker.stop()
+            at = consumed(first)
+            first.kill()
+        with Worker(settings, tmp_path, name="second") as second:
+            Settling(settings, second).wait()
         print(f"\nkilled after {at:.0f} of {len(MESSAGES)} messages")
         assert at < len(MESSAGES), "the kill came after the last message"
         assert_same(results(settings), undisturbed)
@@ -377,7 +366,7 @@ def run_database_outage(private: PrivateServers, config: Path, tmp_path: Path,
             send(out, MESSAGES[:first])
             out.flush()
             wait_for(lambda: consumed(worker) >= first // 2, 120, "a sixth consumed")
-            before = rss_kib(worker)
+            before = worker.rss_kib()
             private.postgres.stop()
             stopped = time.monotonic()
             send(out, MESSAGES[first:])
@@ -387,7 +376,7 @@ def run_database_outage(private: PrivateServers, config: Path, tmp_path: Path,
             samples: list[tuple[float, int]] = []
 
             def outage_over() -> bool:
-                samples.append((time.monotonic() - stopped, rss_kib(worker)))
+                samples.append((time.monotonic() - stopped, worker.rss_kib()))
                 assert ready_checks(worker).get("database") is False
                 return samples[-1][0] >= outage_s
 
