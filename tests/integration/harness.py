@@ -50,6 +50,8 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         VIGIL_PARTITIONS=str(settings.partitions),
         VIGIL_HOME=str(settings.home),
         PYTHONUNBUFFERED="1",
+        # A stalled worker starts afresh well within the tests' waits (warned at 30 s).
+        VIGIL_STALL_EXIT_S="45",
         **extra,
     )
     if settings.config_dir is not None:
@@ -127,6 +129,11 @@ class Worker:
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
+
+    def stalls(self) -> int:
+        """How often the supervisor started the pipeline again after a stall."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return text.count("the worker stalled and exited")
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

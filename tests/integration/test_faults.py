@@ -335,7 +335,8 @@ def test_kill_9_changes_nothing(undisturbed: Results, endpoints: Endpoints, conf
             first.kill()
         with Worker(settings, tmp_path, name="second") as second:
             Settling(settings, second).wait()
-        print(f"\nkilled after {at:.0f} of {len(MESSAGES)} messages")
+        print(f"\nkilled after {at:.0f} of {len(MESSAGES)} messages; restarted after a "
+              f"stall {second.stalls()} times")
         assert at < len(MESSAGES), "the kill came after the last message"
         assert_same(results(settings), undisturbed)
 
