@@ -18,10 +18,14 @@ STALLED_EXIT_CODE = 75  # EX_TEMPFAIL: try again
 
 
 def supervise(command: Sequence[str]) -> int:
-    """Run `command` until it exits for a reason other than a stall; return its code."""
+    """Run `command` until it exits for a reason other than a stall, or is told to stop;
+    return its exit status (128 + the signal's number if a signal ended it)."""
     child: subprocess.Popen[bytes] | None = None
+    stopping = False
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
         if child is not None and child.poll() is None:
             child.send_signal(signum)
 
@@ -32,7 +36,7 @@ def supervise(command: Sequence[str]) -> int:
         starts += 1
         child = subprocess.Popen(list(command))
         code = child.wait()
-        if code != STALLED_EXIT_CODE:
-            return code
+        if code != STALLED_EXIT_CODE or stopping:
+            return code if code >= 0 else 128 - code
         print(f"vigil: the worker stalled and exited; starting it again (start {starts + 1})",
               file=sys.stderr, flush=True)
