@@ -77,7 +77,8 @@ def flow(vigil: Vigil) -> str:
 def fetcher_state(consumer: Any) -> str:
     """aiokafka's side, read from the consumer's thread without locking (a diagnosis, so
     best effort): nodes with a request in flight, partitions with records not yet taken,
-    and partitions that cannot be fetched (no position, awaiting an offset reset, paused)."""
+    partitions that cannot be fetched (no position, awaiting an offset reset, paused), and
+    where the others are read from."""
     try:
         client = consumer._thread._ensure_consumer()
         fetcher, assignment = client._fetcher, client._subscription.subscription.assignment
@@ -86,10 +87,17 @@ def fetcher_state(consumer: Any) -> str:
                        for tp in assignment.tps
                        if not (state := assignment.state_value(tp)).has_valid_position
                        or state.paused}
+        read_offsets = getattr(consumer, "_read_offset", {})
+        positions = {f"{tp.topic}[{tp.partition}]": (state.position, state.highwater,
+                                                      read_offsets.get(tp))
+                     for tp in assignment.tps
+                     if (state := assignment.state_value(tp)).has_valid_position
+                     and not state.paused}
         return (f"in flight to nodes {sorted(fetcher._in_flight)}, "
                 f"{len(fetcher._pending_tasks)} tasks, records waiting for "
                 f"{sorted(f'{tp.topic}[{tp.partition}]' for tp in fetcher._records)}, "
-                f"not fetchable {unfetchable}")
+                f"not fetchable {unfetchable}, position/highwater/Faust's read offset "
+                f"{positions}")
     except Exception as exc:  # internals of another library: never let them stop the watch
         return f"unknown ({type(exc).__name__}: {exc})"
 
