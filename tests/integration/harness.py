@@ -130,19 +130,19 @@ class Worker:
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
 
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
     def stalls(self) -> int:
         """How often the supervisor started the pipeline again after a stall."""
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text.count("the worker stalled and exited")
+        return self.log_text().count("the worker stalled and exited")
 
     def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(self.log_text().splitlines()[-lines:])
 
     def log_errors(self, lines: int = 80) -> str:
         """From the first error or warning on: what went wrong first, with its traceback."""
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        found = text.splitlines()
+        found = self.log_text().splitlines()
         first = next((i for i, line in enumerate(found)
                       if "[ERROR]" in line or "[WARNING]" in line or "Traceback" in line),
                      len(found))
