@@ -8,7 +8,13 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from agents.checkpoint import REREAD_RETRY_S, CheckpointedStage
+from agents.checkpoint import (
+    CHECKPOINT_EVERY_S,
+    OUTPUT_DELAY_S,
+    REREAD_RETRY_S,
+    CheckpointedStage,
+    Partition,
+)
 from pipeline.codec import decode
 from pipeline.settings import Settings
 
@@ -24,6 +30,9 @@ class Stand:
 
     async def seek(self, tp: Any, offset: int) -> None:
         self.seeks.append((tp.topic, tp.partition, offset))
+
+    def highwater(self, tp: Any) -> int | None:
+        return None
 
     def Table(self, *args: Any, **kwargs: Any) -> dict[bytes, bytes]:
         return {}
@@ -127,3 +136,12 @@ def test_a_restored_stage_skips_what_its_snapshot_holds() -> None:
     feed(stage, 0, 1, 2)
     feed(stage, 0, 1, 2, 3)  # replayed from the committed offset, as after a restart
     assert stand.seeks == [] and stage.partitions[1].state == [b"0", b"1", b"2", b"3"]
+
+
+def test_output_waits_for_the_regular_checkpoint_while_the_partition_catches_up() -> None:
+    part = Partition(state=None, offsets={}, pending=[object()], output_waiting=True,
+                     last_checkpoint=0.0)
+    assert part.due(OUTPUT_DELAY_S)
+    part.catching_up = True
+    assert not part.due(OUTPUT_DELAY_S)
+    assert part.due(CHECKPOINT_EVERY_S)
