@@ -46,6 +46,10 @@ BACKLOG_RECORDS = 100
 late by the backlog anyway, so it waits for the regular checkpoint (CHECKPOINT_EVERY_S or
 _MESSAGES) and one database write and one snapshot carry a second's results, not 50 ms's."""
 _HEADER = struct.Struct("<I")
+TAIL_REREAD_S = 5.0
+"""How long a stage waits for records its partition holds before reading them again: Faust
+also drops records it has fetched when flow stops or the generation changes mid-batch, and
+when nothing follows them no hole ever shows (the partition stalled until a restart)."""
 REREAD_RETRY_S = 1.0
 """How often a stage re-reading missed records sends the consumer back to them until they
 arrive: Faust discards fetched records below the offset it last delivered, so a seek that
@@ -106,6 +110,7 @@ class CheckpointedStage(ABC, Generic[S]):
         self._in_flight = 0  # checkpoints cut and not yet committed
         self.input_topics: set[str] = set()
         self._rereading: dict[TP, Reread] = {}  # input partitions with records missed
+        self._waiting_since: dict[TP, float] = {}  # behind, since the last record came
         self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)  # written by `flush`
 
     # -- what a stage defines ------------------------------------------------------------
@@ -161,6 +166,8 @@ class CheckpointedStage(ABC, Generic[S]):
     async def on_event(self, event: Any) -> None:
         async with self.lock:
             message = event.message
+            now = time.monotonic()
+            self._waiting_since.pop(TP(message.topic, message.partition), None)
             part = self.partition(message.partition)
             if not await self._in_sequence(message, part.offsets.get(message.topic)):
                 return  # not acknowledged: it comes again after the records before it
@@ -172,7 +179,7 @@ class CheckpointedStage(ABC, Generic[S]):
             part.offsets[message.topic] = message.offset
             high = self.vigil.app.consumer.highwater(TP(message.topic, message.partition))
             part.catching_up = high is not None and high - message.offset > BACKLOG_RECORDS
-            if part.due(time.monotonic()):
+            if part.due(now):
                 await self._checkpoint(message.partition, part)
 
     async def _in_sequence(self, message: Any, last: int | None) -> bool:
@@ -193,12 +200,32 @@ class CheckpointedStage(ABC, Generic[S]):
                 return True
         if last is None or message.offset <= last + 1:
             return True
-        tp = TP(message.topic, message.partition)
         log.warning("%s stage missed %s[%d] offsets %d..%d; reading them again", self.name,
                     message.topic, message.partition, last + 1, message.offset - 1)
-        self._rereading[tp] = Reread(last + 1, message.offset, time.monotonic())
-        await self.vigil.app.consumer.seek(tp, last + 1)
+        await self._reread(TP(message.topic, message.partition), last + 1, message.offset)
         return False
+
+    async def _reread(self, tp: TP, first: int, seen_at: int) -> None:
+        self._rereading[tp] = Reread(first, seen_at, time.monotonic())
+        await self.vigil.app.consumer.seek(tp, first)
+
+    async def _reread_tails(self, now: float) -> None:
+        """Send the consumer back to records a partition holds beyond the last one this stage
+        received, when none has come for TAIL_REREAD_S."""
+        consumer = self.vigil.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in self.input_topics or tp in self._rereading:
+                continue
+            first = self._offsets(tp.partition).get(tp.topic, -1) + 1
+            high = consumer.highwater(tp)
+            if high is None or first >= high:
+                self._waiting_since.pop(tp, None)
+            elif now - self._waiting_since.setdefault(tp, now) >= TAIL_REREAD_S:
+                log.warning("%s stage received nothing of %s[%d] for %.0f s although offsets "
+                            "%d..%d are there; reading them again", self.name, tp.topic,
+                            tp.partition, TAIL_REREAD_S, first, high - 1)
+                del self._waiting_since[tp]
+                await self._reread(tp, first, high - 1)
 
     async def _seek_again(self, now: float) -> None:
         for tp, reread in self._rereading.items():
@@ -226,6 +253,8 @@ class CheckpointedStage(ABC, Generic[S]):
         async with self.lock:
             now = time.monotonic()
             await self._seek_again(now)
+            if not self.vigil.recovering():
+                await self._reread_tails(now)
             for number, part in list(self.partitions.items()):
                 if await self.tick(number, part.state):
                     part.output_waiting = True
@@ -314,6 +343,8 @@ class CheckpointedStage(ABC, Generic[S]):
             self.partitions.pop(number, None)
         self._rereading = {tp: reread for tp, reread in self._rereading.items()
                            if tp.partition not in revoked}
+        self._waiting_since = {tp: since for tp, since in self._waiting_since.items()
+                               if tp.partition not in revoked}
 
     def register(self, channel: Any, topics: set[str], timer_s: float = OUTPUT_DELAY_S) -> None:
         """Wire the stage: an agent with manual acks, a timer, rebalance handling."""

@@ -36,7 +36,7 @@ def register(vigil: Vigil) -> None:
     @vigil.app.timer(LOOK_EVERY_S)
     async def watch() -> None:
         now = time.monotonic()
-        excused = not vigil.database.healthy or recovering(vigil)
+        excused = not vigil.database.healthy or vigil.recovering()
         for name, stage in vigil.stages.items():
             mark = stage.progress()
             if excused or marks.get(name) != mark or not stage.behind():
@@ -58,17 +58,12 @@ def register(vigil: Vigil) -> None:
                 os._exit(STALLED_EXIT_CODE)
 
 
-def recovering(vigil: Vigil) -> bool:
-    recovery: Any = vigil.app.tables.recovery  # type: ignore[attr-defined]  # not in the ABC
-    return bool(recovery.in_recovery)
-
-
 def flow(vigil: Vigil) -> str:
     """Faust's side: recovery, flow control, paused partitions."""
     app, consumer = vigil.app, vigil.app.consumer
     paused = sorted(f"{tp.topic}[{tp.partition}]"
                     for tp in getattr(consumer, "_paused_partitions", ()))
-    return (f"in recovery {recovering(vigil)}; "
+    return (f"in recovery {vigil.recovering()}; "
             f"flow active {app.flow_control.is_active()}; "
             f"consumer flow {getattr(consumer, 'flow_active', None)}; paused {paused}; "
             f"fetcher {fetcher_state(consumer)}")

@@ -37,6 +37,11 @@ class Vigil:
         """Whether a stage (other than `besides`) may still send something without new input."""
         return any(stage.busy() for stage in self.stages.values() if stage is not besides)
 
+    def recovering(self) -> bool:
+        """Whether Faust is restoring tables from their changelogs (input waits meanwhile)."""
+        recovery: Any = self.app.tables.recovery  # type: ignore[attr-defined]  # not in the ABC
+        return bool(recovery.in_recovery)
+
 
 def _credentials(settings: Settings) -> Any:
     if not settings.kafka_sasl_mechanism:

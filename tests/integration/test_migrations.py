@@ -7,6 +7,7 @@ place rows use their own fixed dates or names, so they do not depend on each oth
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import threading
@@ -26,6 +27,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 from pipeline import SQL_DIR
+from pipeline.aggregate_codec import COPY_COLUMNS, AggregateEncoder
 from pipeline.db import (
     MIGRATION_LOCK_KEY,
     Connection,
@@ -36,6 +38,8 @@ from pipeline.db import (
     has_timescaledb,
     migrate,
 )
+from pipeline.sinks.timescale import METRIC_AGGREGATES, Database
+from tests.unit.test_aggregate_codec import closed_windows
 
 pytestmark = pytest.mark.integration
 
@@ -365,6 +369,28 @@ def test_aggregate_upsert_is_idempotent(conn: Connection):
     with conn.cursor() as cur:
         cur.executemany(UPSERT, [(*row[:3], 1, 0.5, 0.5) for row in batch])
     assert conn.execute(count_sql).fetchone() == (80, 80)
+
+
+def test_closed_windows_are_copied_in_once_and_a_replay_merges(database_url: str,
+                                                               conn: Connection):
+    windows = closed_windows([("copy_test", "a", "svc-a", 0), ("copy_test", "b", "svc-a", 2)],
+                             [float(v) for v in range(40)], seed=3)
+    rows = [row for w in windows for row in AggregateEncoder().encode(w, lambda _: None).rows]
+    assert len(rows) >= 4
+
+    async def write(*batches: list[bytes]) -> None:
+        database = Database(database_url)
+        try:
+            for batch in batches:
+                await database.upsert_copy(METRIC_AGGREGATES, COPY_COLUMNS, batch)
+        finally:
+            await database.close()
+
+    # The first half goes straight in; the replay meets it and merges, adding the rest.
+    asyncio.run(write(rows[:len(rows) // 2], rows))
+    stored = conn.execute("SELECT count(*), sum(count) FROM metric_aggregates"
+                          " WHERE name = 'copy_test'").fetchone()
+    assert stored == (len(rows), sum(int(w.count.sum()) for w in windows))
 
 
 def test_history_replays_do_not_duplicate(conn: Connection):

@@ -1,6 +1,7 @@
 """The checkpoint mechanism's handling of input it cannot take as it comes: a record a stage
-fails on is dead-lettered and the partition goes on; records a stage never received are read
-again, in order, before what follows them."""
+fails on is dead-lettered and the partition goes on; records a stage never received (a hole
+before a record, or nothing after its last one) are read again, in order, before what
+follows them."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from faust.types import TP
+
+from agents import checkpoint
 from agents.checkpoint import (
     CHECKPOINT_EVERY_S,
     OUTPUT_DELAY_S,
     REREAD_RETRY_S,
+    TAIL_REREAD_S,
     CheckpointedStage,
     Partition,
 )
@@ -26,13 +32,17 @@ class Stand:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes]] = []
         self.seeks: list[tuple[str, int, int]] = []
+        self.ends: dict[tuple[str, int], int] = {}  # partitions assigned, with their ends
         self.consumer = self
 
     async def seek(self, tp: Any, offset: int) -> None:
         self.seeks.append((tp.topic, tp.partition, offset))
 
     def highwater(self, tp: Any) -> int | None:
-        return None
+        return self.ends.get((tp.topic, tp.partition))
+
+    def assignment(self) -> set[Any]:
+        return {TP(topic, partition) for topic, partition in self.ends}
 
     def Table(self, *args: Any, **kwargs: Any) -> dict[bytes, bytes]:
         return {}
@@ -69,7 +79,8 @@ def event(offset: int, value: bytes) -> Any:
 
 def fragile() -> tuple[Fragile, Stand]:
     stand = Stand()
-    vigil = SimpleNamespace(app=stand, settings=Settings(), outbox=stand, database=stand)
+    vigil = SimpleNamespace(app=stand, settings=Settings(), outbox=stand, database=stand,
+                            recovering=lambda: False)
     return Fragile(vigil), stand  # type: ignore[arg-type]
 
 
@@ -129,6 +140,31 @@ def test_offsets_that_hold_no_record_are_passed_after_one_look() -> None:
     feed(stage, 0, 1, 2, 4, 5, 4, 5, 6)
     assert stand.seeks == [("t.metrics", 1, 3)]
     assert stage.partitions[1].state == [b"0", b"1", b"2", b"4", b"5", b"6"]
+
+
+def test_records_that_never_come_are_read_again_after_a_while(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stage, stand = fragile()
+    stage.input_topics = {"t.metrics"}
+    clock = [100.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    feed(stage, 0, 1)
+    stand.ends[("t.metrics", 1)] = 4  # 2 and 3 were fetched, then dropped before the stage
+
+    def look(at: float) -> None:
+        clock[0] = at
+        asyncio.run(stage.on_timer())
+
+    look(101.0)
+    look(101.0 + TAIL_REREAD_S - 0.1)
+    assert stand.seeks == []
+    look(101.0 + TAIL_REREAD_S)
+    assert stand.seeks == [("t.metrics", 1, 2)]
+    feed(stage, 4, 2, 3)  # 4 was on its way before the seek: it comes again in order
+    feed(stage, 4)
+    assert stage.partitions[1].state == [b"0", b"1", b"2", b"3", b"4"]
+    look(200.0)
+    assert stand.seeks == [("t.metrics", 1, 2)] and stage._rereading == {}
 
 
 def test_a_restored_stage_skips_what_its_snapshot_holds() -> None:

@@ -51,13 +51,13 @@ class Stand:
         app = SimpleNamespace(
             timer=timer,
             consumer=SimpleNamespace(_paused_partitions=set(), flow_active=True),
-            tables=SimpleNamespace(recovery=SimpleNamespace(in_recovery=False)),
             flow_control=SimpleNamespace(is_active=lambda: True))
         self.stage = Stage()
         self.database = SimpleNamespace(healthy=True)
         self.broker_up = True
         watchdog.register(SimpleNamespace(  # type: ignore[arg-type]
             app=app, stages={"detect": self.stage}, database=self.database,
+            recovering=lambda: False,
             outbox=SimpleNamespace(reachable=reachable),
             settings=SimpleNamespace(stall_exit_s=90.0)))
         self.timer = timers[0]
