@@ -26,6 +26,7 @@ from faust.types import TP
 from agents.ingest import DeadLetterBox, origin_of
 from pipeline.app import Vigil
 from pipeline.ingest import dead_letter
+from pipeline.selfmetrics import CHECKPOINTED_MESSAGES
 
 S = TypeVar("S")
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 MAX_CHECKPOINTS_IN_FLIGHT = 4
 CHECKPOINT_EVERY_S = 1.0
 CHECKPOINT_EVERY_MESSAGES = 5000
+AHEAD_OF_WRITE_MESSAGES = 500
 OUTPUT_DELAY_S = 0.05
 """Output someone waits for (closed windows, alerts) is checkpointed this soon: often
 enough for the latency targets, rarely enough that one database round trip and one
@@ -179,7 +181,7 @@ class CheckpointedStage(ABC, Generic[S]):
             part.offsets[message.topic] = message.offset
             high = self.vigil.app.consumer.highwater(TP(message.topic, message.partition))
             part.catching_up = high is not None and high - message.offset > BACKLOG_RECORDS
-            if part.due(now):
+            if part.due(now) and self._may_cut(part):
                 await self._checkpoint(message.partition, part)
 
     async def _in_sequence(self, message: Any, last: int | None) -> bool:
@@ -258,8 +260,17 @@ class CheckpointedStage(ABC, Generic[S]):
             for number, part in list(self.partitions.items()):
                 if await self.tick(number, part.state):
                     part.output_waiting = True
-                if part.due(now):
+                if part.due(now) and self._may_cut(part):
                     await self._checkpoint(number, part)
+
+    def _may_cut(self, part: Partition[S]) -> bool:
+        """Output leaves in checkpoint order (downstream stages rely on it), so the next
+        flush starts when the previous one has written. Input keeps flowing meanwhile, so
+        that processing overlaps the database write, until a partition holds
+        AHEAD_OF_WRITE_MESSAGES unacknowledged records; then it waits (a database outage
+        holds input there)."""
+        return (self._last_write is None or self._last_write.done()
+                or len(part.pending) >= AHEAD_OF_WRITE_MESSAGES)
 
     async def _checkpoint(self, number: int, part: Partition[S]) -> None:
         """Cut here; the writes then run in the background while input keeps flowing.
@@ -269,9 +280,7 @@ class CheckpointedStage(ABC, Generic[S]):
         durable, then publishes the snapshot, then acks — in checkpoint order.
         """
         if self._last_write is not None and not self._last_write.done():
-            # Output leaves in checkpoint order (downstream stages rely on it): the next
-            # flush starts when the previous one has written, not before.
-            await asyncio.wait([self._last_write])
+            await asyncio.wait([self._last_write])  # see `_may_cut`
         writing = self._last_write = asyncio.ensure_future(self.flush(number, part.state))
         await asyncio.sleep(0)  # let `flush` take its output now, before the snapshot
         offsets = json.dumps(part.offsets).encode()
@@ -297,6 +306,7 @@ class CheckpointedStage(ABC, Generic[S]):
                 self.table.send_changelog(number, _key(number), blob)
                 for event in events:
                     await self.stream.ack(event)
+                CHECKPOINTED_MESSAGES.labels(self.name).inc(len(events))
             except Exception as exc:  # results would be lost: stop the worker, loudly
                 await self.vigil.app.crash(exc)
                 raise

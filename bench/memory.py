@@ -25,14 +25,11 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 from confluent_kafka import Consumer, TopicPartition
-from psycopg import sql
-from pydantic import SecretStr
 
+from pipeline.bench import scratch_database
 from pipeline.kafka import INPUT_TOPICS, INTERNAL_TOPICS, client_config, create_topics
 from pipeline.local import servers
 from pipeline.producer import MetricsProducer
@@ -129,23 +126,6 @@ class Run:
     def stop(self) -> None:
         if self.worker is not None:
             self.worker.stop()
-
-
-@contextmanager
-def scratch_database(settings: Settings) -> Iterator[Settings]:
-    """Settings naming a new, empty database, dropped afterwards."""
-    dsn = settings.database_dsn() or ""
-    name = f"vigil_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    base = psycopg.conninfo.conninfo_to_dict(dsn)
-    try:
-        yield settings.model_copy(update={"database_url": SecretStr(
-            psycopg.conninfo.make_conninfo("", **{**base, "dbname": name}))})
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
 
 
 def bench_steady(base: Settings, logs: Path, series: int) -> None:

@@ -15,22 +15,27 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fastavro
+import psycopg
 from confluent_kafka import Consumer, Producer
+from psycopg import sql
+from pydantic import SecretStr
 
 from pipeline import SCHEMA_DIR
+from pipeline.db import migrate
 from pipeline.kafka import client_config, create_topics
 from pipeline.producer import producer_config
 from pipeline.settings import Settings
 from pipeline.workload import scrape_messages, standard_messages
 
 WORKLOADS: dict[str, tuple[Callable[[int, int], list[tuple[bytes, bytes]]], int]] = {
-    "standard": (lambda n, seed: standard_messages(n, seed), 3000),
+    "standard": (lambda n, seed: standard_messages(n, seed), 10_000),
     "scrape": (lambda n, seed: scrape_messages(n, seed), 1000),
 }
 
@@ -61,10 +66,31 @@ def run(settings: Settings, workloads: list[str], messages: int | None, partitio
         log(f"{name}: produced {len(batch):,} messages, {samples:,} samples")
         raw = _raw_rate(run_settings, len(batch), samples)
         log(f"{name}: confluent-kafka + fastavro: {raw:,.0f} samples/s")
-        vigil = _vigil_rate(run_settings, samples, log)
+        # A fresh database: rows of earlier runs would meet these (same series, same times)
+        # and a larger table would be slower to write.
+        with scratch_database(run_settings) as fresh:
+            migrate(fresh.database_dsn() or "")
+            vigil = _vigil_rate(fresh, samples, len(batch), log)
         log(f"{name}: vigil worker: {vigil:,.0f} samples/s ({vigil / raw:.2f} of raw)")
         results.append(Result(name, samples, raw, vigil))
     return results
+
+
+@contextmanager
+def scratch_database(settings: Settings) -> Iterator[Settings]:
+    """Settings naming a new, empty database, dropped afterwards."""
+    dsn = settings.database_dsn() or ""
+    name = f"vigil_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base = psycopg.conninfo.conninfo_to_dict(dsn)
+    try:
+        yield settings.model_copy(update={"database_url": SecretStr(
+            psycopg.conninfo.make_conninfo("", **{**base, "dbname": name}))})
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
 
 
 def _produce(settings: Settings, batch: list[tuple[bytes, bytes]]) -> int:
@@ -114,8 +140,10 @@ def _raw_rate(settings: Settings, count: int, samples: int) -> float:
     return samples / elapsed
 
 
-def _vigil_rate(settings: Settings, samples: int, log: Callable[[str], None]) -> float:
-    """Run a real worker on the topic; time from its first to its last consumed sample."""
+def _vigil_rate(settings: Settings, samples: int, messages: int,
+                log: Callable[[str], None]) -> float:
+    """Run a real worker on the topic; time from its first consumed sample until the results
+    of every message are durable (rows written, records flushed, input acknowledged)."""
     port = _free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")},
            "VIGIL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
@@ -136,13 +164,13 @@ def _vigil_rate(settings: Settings, samples: int, log: Callable[[str], None]) ->
         while time.monotonic() < deadline:
             if worker.poll() is not None:
                 raise RuntimeError(f"worker exited; log {log_file.name}")
-            consumed = _consumed(port)
+            consumed, durable = _progress(port)
             now = time.perf_counter()
             if consumed and first is None:
                 first = (now, consumed)
-            if consumed >= samples and first is not None:
+            if durable >= messages and first is not None:
                 return (samples - first[1]) / (now - first[0])
-            time.sleep(_poll_interval(first, now, consumed, samples))
+            time.sleep(_poll_interval(first, now, durable / messages * samples, samples))
         raise RuntimeError(f"worker did not consume every sample in time; log {log_file.name}")
     finally:
         worker.terminate()
@@ -150,26 +178,30 @@ def _vigil_rate(settings: Settings, samples: int, log: Callable[[str], None]) ->
         Path(log_file.name).unlink(missing_ok=True)
 
 
-def _poll_interval(first: tuple[float, float] | None, now: float, consumed: float,
+def _poll_interval(first: tuple[float, float] | None, now: float, done: float,
                    samples: int) -> float:
     """Often at the start and near the end, whose instants the rate rests on; rarely in
     between, because rendering /metrics costs the worker CPU time it would measure."""
-    if first is None or consumed <= first[1] or now <= first[0]:
+    if first is None or done <= first[1] or now <= first[0]:
         return 0.02
-    remaining_s = (samples - consumed) / ((consumed - first[1]) / (now - first[0]))
+    remaining_s = (samples - done) / ((done - first[1]) / (now - first[0]))
     return min(max(remaining_s / 4, 0.02), 0.5)
 
 
-def _consumed(port: int) -> float:
+def _progress(port: int) -> tuple[float, float]:
+    """(samples consumed, input messages checkpointed) by the worker's metrics stage."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as response:
             body = response.read().decode()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
+    consumed = durable = 0.0
     for line in body.splitlines():
         if line.startswith("vigil_consumed_samples_total "):
-            return float(line.split()[1])
-    return 0.0
+            consumed = float(line.split()[1])
+        elif line.startswith('vigil_checkpointed_messages_total{stage="aggregate"} '):
+            durable = float(line.split()[1])
+    return consumed, durable
 
 
 def _free_port() -> int:

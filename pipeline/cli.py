@@ -298,9 +298,6 @@ def bench_ingest(workload: list[str] = typer.Option(["standard", "scrape"], "--w
     if unknown:
         raise _fail(f"unknown workload(s) {sorted(unknown)}; one of {sorted(WORKLOADS)}")
     settings = connected_settings()
-    from pipeline.db import migrate
-
-    migrate(settings.database_dsn() or "")
     results = run(settings, workload, messages, partitions,
                   log=(lambda _: None) if as_json else typer.echo)
     summary = {r.workload: {"raw_samples_per_s": round(r.raw_samples_per_s),

@@ -10,6 +10,9 @@ CONSUMED_MESSAGES = Counter("vigil_consumed_messages", "Messages consumed", ["to
                             registry=REGISTRY)
 CONSUMED_SAMPLES = Counter("vigil_consumed_samples", "Metric samples decoded",
                            registry=REGISTRY)
+CHECKPOINTED_MESSAGES = Counter(
+    "vigil_checkpointed_messages", "Input messages whose results are durable (acknowledged)",
+    ["stage"], registry=REGISTRY)
 AGGREGATED_SAMPLES = Counter("vigil_aggregated_samples", "Samples added to windows",
                              registry=REGISTRY)
 DEAD_LETTERS = Counter("vigil_dead_letters", "Records sent to the dead-letter topic",

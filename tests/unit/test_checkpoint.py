@@ -14,6 +14,7 @@ from faust.types import TP
 
 from agents import checkpoint
 from agents.checkpoint import (
+    AHEAD_OF_WRITE_MESSAGES,
     CHECKPOINT_EVERY_S,
     OUTPUT_DELAY_S,
     REREAD_RETRY_S,
@@ -181,3 +182,21 @@ def test_output_waits_for_the_regular_checkpoint_while_the_partition_catches_up(
     part.catching_up = True
     assert not part.due(OUTPUT_DELAY_S)
     assert part.due(CHECKPOINT_EVERY_S)
+
+
+def test_input_runs_ahead_of_a_write_in_flight_up_to_a_bound() -> None:
+    stage, _ = fragile()
+    part = Partition(state=None, offsets={})
+    assert stage._may_cut(part)  # nothing written yet
+
+    async def run() -> list[bool]:
+        stage._last_write = asyncio.get_running_loop().create_future()
+        seen = [stage._may_cut(part)]
+        part.pending = [object()] * AHEAD_OF_WRITE_MESSAGES
+        seen.append(stage._may_cut(part))
+        stage._last_write.set_result(None)
+        part.pending = []
+        seen.append(stage._may_cut(part))
+        return seen
+
+    assert asyncio.run(run()) == [False, True, True]
