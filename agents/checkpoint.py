@@ -48,10 +48,12 @@ BACKLOG_RECORDS = 100
 late by the backlog anyway, so it waits for the regular checkpoint (CHECKPOINT_EVERY_S or
 _MESSAGES) and one database write and one snapshot carry a second's results, not 50 ms's."""
 _HEADER = struct.Struct("<I")
-TAIL_REREAD_S = 5.0
+TAIL_REREAD_S = 10.0
 """How long a stage waits for records its partition holds before reading them again: Faust
 also drops records it has fetched when flow stops or the generation changes mid-batch, and
-when nothing follows them no hole ever shows (the partition stalled until a restart)."""
+when nothing follows them no hole ever shows (the partition stalled until a restart).
+Records merely queued behind others come well within it; reading those twice would only
+cost time, since a stage skips what it holds."""
 REREAD_RETRY_S = 1.0
 """How often a stage re-reading missed records sends the consumer back to them until they
 arrive: Faust discards fetched records below the offset it last delivered, so a seek that
