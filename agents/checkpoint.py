@@ -215,8 +215,9 @@ class CheckpointedStage(ABC, Generic[S]):
 
     async def _reread_tails(self, now: float) -> None:
         """Send the consumer back to records a partition holds beyond the last one this stage
-        received, when none has come for TAIL_REREAD_S."""
+        received, when none has come for TAIL_REREAD_S and none can be on its way."""
         consumer = self.vigil.app.consumer
+        in_transit = None
         for tp in consumer.assignment():
             if tp.topic not in self.input_topics or tp in self._rereading:
                 continue
@@ -224,12 +225,27 @@ class CheckpointedStage(ABC, Generic[S]):
             high = consumer.highwater(tp)
             if high is None or first >= high:
                 self._waiting_since.pop(tp, None)
-            elif now - self._waiting_since.setdefault(tp, now) >= TAIL_REREAD_S:
+                continue
+            if now - self._waiting_since.setdefault(tp, now) < TAIL_REREAD_S:
+                continue
+            if in_transit is None:
+                in_transit = self._in_transit()
+            if not in_transit:
                 log.warning("%s stage received nothing of %s[%d] for %.0f s although offsets "
                             "%d..%d are there; reading them again", self.name, tp.topic,
-                            tp.partition, TAIL_REREAD_S, first, high - 1)
-                del self._waiting_since[tp]
+                            tp.partition, now - self._waiting_since.pop(tp), first, high - 1)
                 await self._reread(tp, first, high - 1)
+
+    def _in_transit(self) -> bool:
+        """Whether records may still be on their way to this stage: some are queued for it,
+        Faust's flow is stopped (a rebalance), or a stage's queue is full, so that Faust's
+        delivery, one loop for every stage, waits with the rest of its batch."""
+        queues = [stage.stream.channel.queue for stage in self.vigil.stages.values()
+                  if getattr(stage, "stream", None) is not None]
+        own = self.stream.channel.queue if self.stream is not None else None
+        return ((own is not None and own.qsize() > 0)
+                or not self.vigil.app.flow_control.is_active()
+                or any(queue.full() for queue in queues))
 
     async def _seek_again(self, now: float) -> None:
         for tp, reread in self._rereading.items():

@@ -35,6 +35,7 @@ class Stand:
         self.seeks: list[tuple[str, int, int]] = []
         self.ends: dict[tuple[str, int], int] = {}  # partitions assigned, with their ends
         self.consumer = self
+        self.flow_control = SimpleNamespace(is_active=lambda: True)
 
     async def seek(self, tp: Any, offset: int) -> None:
         self.seeks.append((tp.topic, tp.partition, offset))
@@ -81,7 +82,7 @@ def event(offset: int, value: bytes) -> Any:
 def fragile() -> tuple[Fragile, Stand]:
     stand = Stand()
     vigil = SimpleNamespace(app=stand, settings=Settings(), outbox=stand, database=stand,
-                            recovering=lambda: False)
+                            recovering=lambda: False, stages={})
     return Fragile(vigil), stand  # type: ignore[arg-type]
 
 
@@ -156,10 +157,15 @@ def test_records_that_never_come_are_read_again_after_a_while(
         clock[0] = at
         asyncio.run(stage.on_timer())
 
+    queued: asyncio.Queue[Any] = asyncio.Queue()
+    queued.put_nowait(object())  # something is still on its way to the stage
+    stage.stream = SimpleNamespace(channel=SimpleNamespace(queue=queued))
     look(101.0)
     look(101.0 + TAIL_REREAD_S - 0.1)
-    assert stand.seeks == []
     look(101.0 + TAIL_REREAD_S)
+    assert stand.seeks == []
+    queued.get_nowait()
+    look(101.0 + TAIL_REREAD_S + 0.05)
     assert stand.seeks == [("t.metrics", 1, 2)]
     feed(stage, 4, 2, 3)  # 4 was on its way before the seek: it comes again in order
     feed(stage, 4)
