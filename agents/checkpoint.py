@@ -45,8 +45,8 @@ MAX_OUTPUT_DELAY_S = 0.15
 snapshots take at most SNAPSHOT_SHARE of the time, but never longer than this."""
 BACKLOG_RECORDS = 100
 """A partition at least this many records behind its end is catching up: its output is
-late by the backlog anyway, so it waits for the regular checkpoint (CHECKPOINT_EVERY_S or
-_MESSAGES) and one database write and one snapshot carry a second's results, not 50 ms's."""
+late by the backlog anyway, so it is checkpointed every CHECKPOINT_EVERY_S (or _MESSAGES)
+and one database write and one snapshot carry a second's results, not 50 ms's."""
 _HEADER = struct.Struct("<I")
 TAIL_REREAD_S = 10.0
 """How long a stage waits for records its partition holds before reading them again: Faust
@@ -84,7 +84,8 @@ class Partition(Generic[S]):
         since = now - self.last_checkpoint
         if since < self.min_interval:
             return False
-        return ((self.output_waiting and not self.catching_up and since >= self.output_delay)
+        delay = CHECKPOINT_EVERY_S if self.catching_up else self.output_delay
+        return ((self.output_waiting and since >= delay)
                 or len(self.pending) >= CHECKPOINT_EVERY_MESSAGES
                 or (bool(self.pending) and since >= CHECKPOINT_EVERY_S))
 
