@@ -2,7 +2,8 @@
 
 Every table is written the same way: COPY into a temp table, then one INSERT … ON CONFLICT
 on the table's natural key, so replaying input after a crash rewrites the same rows instead
-of adding new ones. A write that fails
+of adding new ones. Tables whose rows are new but for replays (`rows_are_new`) are COPYed
+straight in first, and merged that way only when the COPY meets a stored row. A write that fails
 for a connection reason is retried with backoff until it succeeds; the caller awaits it and
 so never acknowledges input whose results are not in the database.
 """
