@@ -116,6 +116,7 @@ class CheckpointedStage(ABC, Generic[S]):
         self.input_topics: set[str] = set()
         self._rereading: dict[TP, Reread] = {}  # input partitions with records missed
         self._waiting_since: dict[TP, float] = {}  # behind, since the last record came
+        self._tails_checked = 0.0
         self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)  # written by `flush`
 
     # -- what a stage defines ------------------------------------------------------------
@@ -172,7 +173,8 @@ class CheckpointedStage(ABC, Generic[S]):
         async with self.lock:
             message = event.message
             now = time.monotonic()
-            self._waiting_since.pop(TP(message.topic, message.partition), None)
+            tp = TP(message.topic, message.partition)
+            self._waiting_since.pop(tp, None)
             part = self.partition(message.partition)
             if not await self._in_sequence(message, part.offsets.get(message.topic)):
                 return  # not acknowledged: it comes again after the records before it
@@ -182,7 +184,7 @@ class CheckpointedStage(ABC, Generic[S]):
             if await self._process(message.partition, part.state, event):
                 part.output_waiting = True
             part.offsets[message.topic] = message.offset
-            high = self.vigil.app.consumer.highwater(TP(message.topic, message.partition))
+            high = self.vigil.app.consumer.highwater(tp)
             part.catching_up = high is not None and high - message.offset > BACKLOG_RECORDS
             if part.due(now) and self._may_cut(part):
                 await self._checkpoint(message.partition, part)
@@ -274,7 +276,8 @@ class CheckpointedStage(ABC, Generic[S]):
         async with self.lock:
             now = time.monotonic()
             await self._seek_again(now)
-            if not self.vigil.recovering():
+            if now - self._tails_checked >= REREAD_RETRY_S and not self.vigil.recovering():
+                self._tails_checked = now
                 await self._reread_tails(now)
             for number, part in list(self.partitions.items()):
                 if await self.tick(number, part.state):

@@ -158,14 +158,15 @@ def test_records_that_never_come_are_read_again_after_a_while(
         asyncio.run(stage.on_timer())
 
     queued: asyncio.Queue[Any] = asyncio.Queue()
-    queued.put_nowait(object())  # something is still on its way to the stage
     stage.stream = SimpleNamespace(channel=SimpleNamespace(queue=queued))
     look(101.0)
-    look(101.0 + TAIL_REREAD_S - 0.1)
+    look(101.0 + TAIL_REREAD_S - REREAD_RETRY_S)
+    assert stand.seeks == []  # not quiet for long enough yet
+    queued.put_nowait(object())  # something is still on its way to the stage
     look(101.0 + TAIL_REREAD_S)
     assert stand.seeks == []
     queued.get_nowait()
-    look(101.0 + TAIL_REREAD_S + 0.05)
+    look(101.0 + TAIL_REREAD_S + REREAD_RETRY_S)
     assert stand.seeks == [("t.metrics", 1, 2)]
     feed(stage, 4, 2, 3)  # 4 was on its way before the seek: it comes again in order
     feed(stage, 4)
