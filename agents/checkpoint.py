@@ -220,13 +220,24 @@ class CheckpointedStage(ABC, Generic[S]):
         """Send the consumer back to records a partition holds beyond the last one this stage
         received, when none has come for TAIL_REREAD_S and none can be on its way."""
         consumer = self.vigil.app.consumer
-        in_transit = None
+        committed_offsets = getattr(consumer, "_committed_offset", {})  # Faust's own record
+        in_transit = idle = None
         for tp in consumer.assignment():
             if tp.topic not in self.input_topics or tp in self._rereading:
                 continue
             first = self._offsets(tp.partition).get(tp.topic, -1) + 1
             high = consumer.highwater(tp)
-            if high is None or first >= high:
+            # Held by the restored state yet never acknowledged (its replay was dropped):
+            # the committed offset would stay behind until new input came. Looked at only
+            # when the worker is idle, since acks trail the work (and other stages reading
+            # the topic) while it is not.
+            committed = committed_offsets.get(tp)
+            unacked = 0 < first and (committed is None or committed < first)
+            if unacked and first >= (high or 0):
+                if idle is None:
+                    idle = not self.vigil.busy()
+                unacked = idle
+            if high is None or (first >= high and not unacked):
                 self._waiting_since.pop(tp, None)
                 continue
             if now - self._waiting_since.setdefault(tp, now) < TAIL_REREAD_S:
@@ -234,10 +245,12 @@ class CheckpointedStage(ABC, Generic[S]):
             if in_transit is None:
                 in_transit = self._in_transit()
             if not in_transit:
+                start = first if first < high else (first - 1 if committed is None
+                                                    else committed)
                 log.warning("%s stage received nothing of %s[%d] for %.0f s although offsets "
                             "%d..%d are there; reading them again", self.name, tp.topic,
-                            tp.partition, now - self._waiting_since.pop(tp), first, high - 1)
-                await self._reread(tp, first, high - 1)
+                            tp.partition, now - self._waiting_since.pop(tp), start, high - 1)
+                await self._reread(tp, start, high - 1)
 
     def _in_transit(self) -> bool:
         """Whether records may still be on their way to this stage: some are queued for it,

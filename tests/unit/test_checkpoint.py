@@ -36,6 +36,7 @@ class Stand:
         self.ends: dict[tuple[str, int], int] = {}  # partitions assigned, with their ends
         self.consumer = self
         self.flow_control = SimpleNamespace(is_active=lambda: True)
+        self._committed_offset: dict[Any, int] = {}  # Faust's record of committed offsets
 
     async def seek(self, tp: Any, offset: int) -> None:
         self.seeks.append((tp.topic, tp.partition, offset))
@@ -82,7 +83,7 @@ def event(offset: int, value: bytes) -> Any:
 def fragile() -> tuple[Fragile, Stand]:
     stand = Stand()
     vigil = SimpleNamespace(app=stand, settings=Settings(), outbox=stand, database=stand,
-                            recovering=lambda: False, stages={})
+                            recovering=lambda: False, stages={}, busy=lambda: False)
     return Fragile(vigil), stand  # type: ignore[arg-type]
 
 
@@ -173,6 +174,31 @@ def test_records_that_never_come_are_read_again_after_a_while(
     assert stage.partitions[1].state == [b"0", b"1", b"2", b"3", b"4"]
     look(200.0)
     assert stand.seeks == [("t.metrics", 1, 2)] and stage._rereading == {}
+
+
+def test_records_held_but_never_acknowledged_are_read_again_once_idle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stage, stand = fragile()
+    stage.input_topics = {"t.metrics"}
+    clock = [100.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    feed(stage, 0, 1, 2, 3)  # as if restored: the state holds 0..3, nothing acknowledged
+    stand.ends[("t.metrics", 1)] = 4
+    stand._committed_offset[TP("t.metrics", 1)] = 1
+
+    def look(at: float) -> None:
+        clock[0] = at
+        asyncio.run(stage.on_timer())
+
+    look(101.0)
+    look(101.0 + TAIL_REREAD_S + REREAD_RETRY_S)
+    assert stand.seeks == [("t.metrics", 1, 1)]  # from the committed offset, to be acked
+    feed(stage, 1, 2, 3)
+    assert stage._rereading == {} and len(stage.partitions[1].pending) == 7
+    stand._committed_offset[TP("t.metrics", 1)] = 4  # acknowledged at the next checkpoint
+    look(200.0)
+    look(200.0 + TAIL_REREAD_S + REREAD_RETRY_S)
+    assert stand.seeks == [("t.metrics", 1, 1)]
 
 
 def test_a_restored_stage_skips_what_its_snapshot_holds() -> None:
