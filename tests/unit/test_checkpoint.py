@@ -6,6 +6,7 @@ follows them."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -87,6 +88,18 @@ def fragile() -> tuple[Fragile, Stand]:
     return Fragile(vigil), stand  # type: ignore[arg-type]
 
 
+def timer_at(stage: Fragile, monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """The stage's timer, run at a given monotonic time (the clock starts at 100 s)."""
+    stage.input_topics = {"t.metrics"}
+    clock = [100.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+
+    def look(at: float) -> None:
+        clock[0] = at
+        asyncio.run(stage.on_timer())
+    return look
+
+
 def feed(stage: Fragile, *offsets: int) -> None:
     async def run() -> None:
         for offset in offsets:
@@ -148,16 +161,9 @@ def test_offsets_that_hold_no_record_are_passed_after_one_look() -> None:
 def test_records_that_never_come_are_read_again_after_a_while(
         monkeypatch: pytest.MonkeyPatch) -> None:
     stage, stand = fragile()
-    stage.input_topics = {"t.metrics"}
-    clock = [100.0]
-    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    look = timer_at(stage, monkeypatch)
     feed(stage, 0, 1)
     stand.ends[("t.metrics", 1)] = 4  # 2 and 3 were fetched, then dropped before the stage
-
-    def look(at: float) -> None:
-        clock[0] = at
-        asyncio.run(stage.on_timer())
-
     queued: asyncio.Queue[Any] = asyncio.Queue()
     stage.stream = SimpleNamespace(channel=SimpleNamespace(queue=queued))
     look(101.0)
@@ -179,17 +185,10 @@ def test_records_that_never_come_are_read_again_after_a_while(
 def test_records_held_but_never_acknowledged_are_read_again_once_idle(
         monkeypatch: pytest.MonkeyPatch) -> None:
     stage, stand = fragile()
-    stage.input_topics = {"t.metrics"}
-    clock = [100.0]
-    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    look = timer_at(stage, monkeypatch)
     feed(stage, 0, 1, 2, 3)  # as if restored: the state holds 0..3, nothing acknowledged
     stand.ends[("t.metrics", 1)] = 4
     stand._committed_offset[TP("t.metrics", 1)] = 1
-
-    def look(at: float) -> None:
-        clock[0] = at
-        asyncio.run(stage.on_timer())
-
     look(101.0)
     look(101.0 + TAIL_REREAD_S + REREAD_RETRY_S)
     assert stand.seeks == [("t.metrics", 1, 1)]  # from the committed offset, to be acked
