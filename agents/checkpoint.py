@@ -54,6 +54,8 @@ also drops records it has fetched when flow stops or the generation changes mid-
 when nothing follows them no hole ever shows (the partition stalled until a restart).
 Records merely queued behind others come well within it; reading those twice would only
 cost time, since a stage skips what it holds."""
+SHARE_LOOP_AFTER_S = 0.005
+"""A stage working through a backlog lets the others run at least this often."""
 REREAD_RETRY_S = 1.0
 """How often a stage re-reading missed records sends the consumer back to them until they
 arrive: Faust discards fetched records below the offset it last delivered, so a seek that
@@ -89,6 +91,13 @@ class Partition(Generic[S]):
                 or len(self.pending) >= CHECKPOINT_EVERY_MESSAGES
                 or (bool(self.pending) and since >= CHECKPOINT_EVERY_S))
 
+    def joins(self, now: float) -> bool:
+        """Whether to be cut with a checkpoint another partition is due for: live output
+        someone waits for goes out now, in the same write, instead of in a write of its own
+        behind it (windows of every partition close within milliseconds of each other)."""
+        return (self.output_waiting and not self.catching_up
+                and now - self.last_checkpoint >= self.min_interval)
+
 
 class CheckpointedStage(ABC, Generic[S]):
     """Subclasses say how to make, restore, snapshot and feed their state."""
@@ -106,12 +115,15 @@ class CheckpointedStage(ABC, Generic[S]):
         self.partitions: dict[int, Partition[S]] = {}
         self.lock = asyncio.Lock()
         self.stream: Any = None
-        # Checkpoints whose writes are in flight, oldest first. Bounded: when the database
-        # or the broker is slow or away, input stops here instead of piling up in memory.
-        self._jobs: asyncio.Queue[tuple[int, asyncio.Future[None], bytes, list[Any]]] = \
-            asyncio.Queue(maxsize=MAX_CHECKPOINTS_IN_FLIGHT)
+        # Checkpoints whose writes are in flight, oldest first: the write, and per partition
+        # cut the state's snapshot and the events it acks. Bounded: when the database or the
+        # broker is slow or away, input stops here instead of piling up in memory.
+        self._jobs: asyncio.Queue[tuple[asyncio.Future[None], list[tuple[int, bytes, list[Any]]]]] \
+            = asyncio.Queue(maxsize=MAX_CHECKPOINTS_IN_FLIGHT)
         self._committer: asyncio.Future[None] | None = None
         self._last_write: asyncio.Future[None] | None = None
+        self._cutting: asyncio.Future[None] | None = None  # see `_written`
+        self._ran_since = 0.0  # see `_share_loop`
         self._in_flight = 0  # checkpoints cut and not yet committed
         self.input_topics: set[str] = set()
         self._rereading: dict[TP, Reread] = {}  # input partitions with records missed
@@ -139,6 +151,15 @@ class CheckpointedStage(ABC, Generic[S]):
         before the first `await` (the snapshot is taken right after that point, and later
         input may add new output meanwhile). Records added to `vigil.outbox` are flushed
         by the caller right after."""
+
+    async def flush_all(self, cut: list[tuple[int, S]]) -> None:
+        """Make the output of the partitions cut together durable: `flush` after `flush`.
+        A stage that can write them as one (one transaction, one COPY) overrides this and
+        takes every partition's output before its first `await`. Output a later `flush`
+        takes after more input is written before that input is acknowledged, which is safe:
+        a replay writes the same rows and records again."""
+        for number, state in cut:
+            await self.flush(number, state)
 
     async def tick(self, partition: int, state: S) -> bool:
         """Timer hook for time-driven work (e.g. alert expiry); True if output is waiting."""
@@ -187,7 +208,16 @@ class CheckpointedStage(ABC, Generic[S]):
             high = self.vigil.app.consumer.highwater(tp)
             part.catching_up = high is not None and high - message.offset > BACKLOG_RECORDS
             if part.due(now) and self._may_cut(part):
-                await self._checkpoint(message.partition, part)
+                await self._checkpoint(now)
+
+    async def _share_loop(self) -> None:
+        """Faust hands a stage its queued events without suspending, so a stage with a
+        backlog (detection, as windows close) would hold the event loop until it is
+        through, and the other stages' writes would wait with their latency: after
+        SHARE_LOOP_AFTER_S of work, let them run."""
+        if time.perf_counter() - self._ran_since >= SHARE_LOOP_AFTER_S:
+            await asyncio.sleep(0)
+            self._ran_since = time.perf_counter()
 
     async def _in_sequence(self, message: Any, last: int | None) -> bool:
         """Whether to take this record now. Faust drops the events still queued for a
@@ -295,8 +325,23 @@ class CheckpointedStage(ABC, Generic[S]):
             for number, part in list(self.partitions.items()):
                 if await self.tick(number, part.state):
                     part.output_waiting = True
-                if part.due(now) and self._may_cut(part):
-                    await self._checkpoint(number, part)
+            await self._cut_due(now)
+
+    async def _cut_due(self, now: float) -> None:
+        if any(p.due(now) and self._may_cut(p) for p in self.partitions.values()):
+            await self._checkpoint(now)
+
+    def _written(self, writing: asyncio.Future[None]) -> None:
+        """Partitions that fell due while a write ran are cut as it ends, not at the next
+        tick: live output would otherwise wait up to a timer interval more."""
+        if writing.cancelled() or writing.exception() is not None:
+            return  # the committer stops the worker
+
+        async def cut() -> None:
+            async with self.lock:
+                await self._cut_due(time.monotonic())
+
+        self._cutting = asyncio.ensure_future(cut())
 
     def _may_cut(self, part: Partition[S]) -> bool:
         """Output leaves in checkpoint order (downstream stages rely on it), so the next
@@ -307,41 +352,50 @@ class CheckpointedStage(ABC, Generic[S]):
         return (self._last_write is None or self._last_write.done()
                 or len(part.pending) >= AHEAD_OF_WRITE_MESSAGES)
 
-    async def _checkpoint(self, number: int, part: Partition[S]) -> None:
-        """Cut here; the writes then run in the background while input keeps flowing.
+    async def _checkpoint(self, now: float) -> None:
+        """Cut every partition that is due, and those whose live output can join them; the
+        writes then run in the background while input keeps flowing.
 
-        `flush` starts first and takes the partition's pending output before its first
-        await, so the snapshot taken next holds none of it; the committer makes that output
-        durable, then publishes the snapshot, then acks — in checkpoint order.
+        `flush_all` starts first and takes the pending output before its first await, so
+        the snapshots taken next hold none of it; the committer makes that output durable,
+        then publishes the snapshots, then acks — in checkpoint order.
         """
         if self._last_write is not None and not self._last_write.done():
             await asyncio.wait([self._last_write])  # see `_may_cut`
-        writing = self._last_write = asyncio.ensure_future(self.flush(number, part.state))
-        await asyncio.sleep(0)  # let `flush` take its output now, before the snapshot
-        offsets = json.dumps(part.offsets).encode()
-        started = time.monotonic()
-        blob = _HEADER.pack(len(offsets)) + offsets + self.snapshot(part.state)
-        events, part.pending = part.pending, []
-        part.output_waiting = False
-        part.last_checkpoint = now = time.monotonic()
-        part.output_delay = min(max(OUTPUT_DELAY_S, (now - started) / SNAPSHOT_SHARE),
-                                MAX_OUTPUT_DELAY_S)
+        cut = [(number, part) for number, part in self.partitions.items()
+               if part.due(now) or part.joins(now)]
+        writing = self._last_write = asyncio.ensure_future(
+            self.flush_all([(number, part.state) for number, part in cut]))
+        writing.add_done_callback(self._written)
+        await asyncio.sleep(0)  # let `flush_all` take the output now, before the snapshots
+        snapshots = []
+        for number, part in cut:
+            offsets = json.dumps(part.offsets).encode()
+            started = time.monotonic()
+            blob = _HEADER.pack(len(offsets)) + offsets + self.snapshot(part.state)
+            snapshots.append((number, blob, part.pending))
+            part.pending = []
+            part.output_waiting = False
+            part.last_checkpoint = done = time.monotonic()
+            part.output_delay = min(max(OUTPUT_DELAY_S, (done - started) / SNAPSHOT_SHARE),
+                                    MAX_OUTPUT_DELAY_S)
         if self._committer is None:
             self._committer = asyncio.ensure_future(self._commit_in_order())
         self._in_flight += 1
-        await self._jobs.put((number, writing, blob, events))
+        await self._jobs.put((writing, snapshots))
 
     async def _commit_in_order(self) -> None:
         while True:
-            number, writing, blob, events = await self._jobs.get()
+            writing, snapshots = await self._jobs.get()
             try:
                 await writing
                 await self.vigil.outbox.flush()
-                self.table.data[_key(number)] = blob
-                self.table.send_changelog(number, _key(number), blob)
-                for event in events:
-                    await self.stream.ack(event)
-                CHECKPOINTED_MESSAGES.labels(self.name).inc(len(events))
+                for number, blob, events in snapshots:
+                    self.table.data[_key(number)] = blob
+                    self.table.send_changelog(number, _key(number), blob)
+                    for event in events:
+                        await self.stream.ack(event)
+                    CHECKPOINTED_MESSAGES.labels(self.name).inc(len(events))
             except Exception as exc:  # results would be lost: stop the worker, loudly
                 await self.vigil.app.crash(exc)
                 raise
@@ -400,6 +454,7 @@ class CheckpointedStage(ABC, Generic[S]):
             self.stream = stream.noack()
             async for event in self.stream.events():
                 await self.on_event(event)
+                await self._share_loop()
 
         app.agent(channel, name=self.name)(agent)
 

@@ -232,3 +232,72 @@ def test_input_runs_ahead_of_a_write_in_flight_up_to_a_bound() -> None:
         return seen
 
     assert asyncio.run(run()) == [False, True, True]
+
+
+class Recording(Fragile):
+    """Records which partitions each write carries; a write ends when the test says."""
+
+    min_checkpoint_interval_s = 0.0
+
+    def __init__(self, vigil: Any) -> None:
+        super().__init__(vigil)
+        self.writes: list[list[int]] = []
+        self.release = asyncio.Event()
+
+    async def flush_all(self, cut: list[tuple[int, list[bytes]]]) -> None:
+        self.writes.append([number for number, _ in cut])
+        await self.release.wait()
+
+
+def recording() -> Recording:
+    stand = Stand()
+    vigil = SimpleNamespace(app=stand, settings=Settings(), outbox=stand, database=stand,
+                            recovering=lambda: False, stages={}, busy=lambda: False)
+    return Recording(vigil)  # type: ignore[arg-type]
+
+
+def waiting(last_checkpoint: float, catching_up: bool = False) -> Partition[list[bytes]]:
+    return Partition(state=[], offsets={}, pending=[object()], output_waiting=True,
+                     catching_up=catching_up, last_checkpoint=last_checkpoint)
+
+
+def test_live_output_of_other_partitions_joins_a_checkpoint_in_one_write() -> None:
+    stage = recording()
+    now = 100.0
+    stage.partitions = {1: waiting(now - OUTPUT_DELAY_S),  # due
+                        2: waiting(now - OUTPUT_DELAY_S / 2),  # not yet due: joins
+                        3: waiting(now - OUTPUT_DELAY_S, catching_up=True),  # late anyway
+                        4: Partition(state=[], offsets={}, last_checkpoint=0.0)}  # nothing
+
+    async def run() -> list[int]:
+        stage._committer = asyncio.get_running_loop().create_future()  # jobs stay queued
+        await stage._checkpoint(now)
+        writing, snapshots = stage._jobs.get_nowait()
+        return [number for number, _, _ in snapshots]
+
+    assert asyncio.run(run()) == [1, 2]
+    assert stage.writes == [[1, 2]]
+    assert not stage.partitions[2].output_waiting and stage.partitions[3].output_waiting
+
+
+def test_a_partition_that_fell_due_during_a_write_is_cut_when_it_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = recording()
+    clock = [100.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    stage.partitions = {1: waiting(clock[0] - OUTPUT_DELAY_S)}
+
+    async def run() -> None:
+        stage._committer = asyncio.get_running_loop().create_future()  # jobs stay queued
+        await stage._checkpoint(clock[0])
+        stage._jobs.get_nowait()
+        clock[0] += OUTPUT_DELAY_S
+        stage.partitions[2] = waiting(0.0, catching_up=True)  # due, but a write runs
+        await stage.on_timer()
+        assert stage.writes == [[1]]
+        stage.release.set()
+        for _ in range(5):  # the write ends; the cut it triggers runs
+            await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert stage.writes == [[1], [2]]
