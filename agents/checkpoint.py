@@ -13,11 +13,13 @@ At-least-once delivery plus this order gives exactly-once results.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import struct
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -247,40 +249,29 @@ class CheckpointedStage(ABC, Generic[S]):
         await self.vigil.app.consumer.seek(tp, first)
 
     async def _reread_tails(self, now: float) -> None:
-        """Send the consumer back to records a partition holds beyond the last one this stage
-        received, when none has come for TAIL_REREAD_S and none can be on its way."""
+        """Send the consumer back to the tail of a partition where records are missing
+        (`_tail_start`), when nothing has come for TAIL_REREAD_S and nothing can be on its
+        way."""
         consumer = self.vigil.app.consumer
         committed_offsets = getattr(consumer, "_committed_offset", {})  # Faust's own record
-        in_transit = idle = None
+        idle = functools.cache(lambda: not self.vigil.busy())
+        in_transit = functools.cache(self._in_transit)
         for tp in consumer.assignment():
             if tp.topic not in self.input_topics or tp in self._rereading:
                 continue
-            first = self._offsets(tp.partition).get(tp.topic, -1) + 1
             high = consumer.highwater(tp)
-            # Held by the restored state yet never acknowledged (its replay was dropped):
-            # the committed offset would stay behind until new input came. Looked at only
-            # when the worker is idle, since acks trail the work (and other stages reading
-            # the topic) while it is not.
-            committed = committed_offsets.get(tp)
-            unacked = 0 < first and (committed is None or committed < first)
-            if unacked and first >= (high or 0):
-                if idle is None:
-                    idle = not self.vigil.busy()
-                unacked = idle
-            if high is None or (first >= high and not unacked):
+            start = None if high is None else _tail_start(
+                self._offsets(tp.partition).get(tp.topic, -1) + 1, high,
+                committed_offsets.get(tp), idle)
+            if start is None or high is None:
                 self._waiting_since.pop(tp, None)
                 continue
-            if now - self._waiting_since.setdefault(tp, now) < TAIL_REREAD_S:
+            if now - self._waiting_since.setdefault(tp, now) < TAIL_REREAD_S or in_transit():
                 continue
-            if in_transit is None:
-                in_transit = self._in_transit()
-            if not in_transit:
-                start = first if first < high else (first - 1 if committed is None
-                                                    else committed)
-                log.warning("%s stage received nothing of %s[%d] for %.0f s although offsets "
-                            "%d..%d are there; reading them again", self.name, tp.topic,
-                            tp.partition, now - self._waiting_since.pop(tp), start, high - 1)
-                await self._reread(tp, start, high - 1)
+            log.warning("%s stage received nothing of %s[%d] for %.0f s although offsets "
+                        "%d..%d are there; reading them again", self.name, tp.topic,
+                        tp.partition, now - self._waiting_since.pop(tp), start, high - 1)
+            await self._reread(tp, start, high - 1)
 
     def _in_transit(self) -> bool:
         """Whether records may still be on their way to this stage: some are queued for it,
@@ -469,6 +460,20 @@ class CheckpointedStage(ABC, Generic[S]):
             self.forget({tp.partition for tp in revoked if tp.topic in topics})
 
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+
+def _tail_start(first: int, high: int, committed: int | None,
+                idle: Callable[[], bool]) -> int | None:
+    """Where to read a partition's tail again from, if records are missing there: those
+    beyond the last one received (`first` on), or those the restored state holds but that
+    were never acknowledged (their replay was dropped, and the committed offset would stay
+    behind until new input came) — looked at only when the worker is idle, since acks trail
+    the work, and other stages reading the topic, while it is not."""
+    if first < high:
+        return first
+    if 0 < first and (committed is None or committed < first) and idle():
+        return first - 1 if committed is None else committed
+    return None
 
 
 def _key(partition: int) -> bytes:
