@@ -31,7 +31,7 @@ from agents.ingest import check, origin_of
 from pipeline.alerts import FIRING, RESOLVED, AlertBook, Transition
 from pipeline.app import Vigil
 from pipeline.codec import CodecError, decode, encode
-from pipeline.envelope import unwrap, wrap, wrap_encoded
+from pipeline.envelope import first_time, sequence_of, unwrap, wrap, wrap_encoded
 from pipeline.ingest import dead_letter, partition_for
 from pipeline.inhibit import Inhibitor
 from pipeline.selfmetrics import CONSUMED_MESSAGES, PROCESSING_SECONDS, REPARTITIONED
@@ -98,6 +98,10 @@ class AlertsState:
     stream_ms: int = 0  # largest ts_ms seen on the partition
     forwarded_ms: int = 0  # event time last forwarded to the incident stage
     fed: int = 0  # records numbered for the incident feed so far
+    # Condition source (a detect or SLO partition) → the last number applied: a replay
+    # upstream repeats conditions, and applied again, out of time order, they would move
+    # alerts back (a pending alert resolved by a condition older than the one it is at).
+    taken: dict[str, int] = field(default_factory=dict)
     out: list[tuple[Transition, bytes]] = field(default_factory=list)  # not yet durable
     feed: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -120,12 +124,13 @@ class AlertsStage(CheckpointedStage[AlertsState]):
         return AlertsState(AlertBook.from_dict(data["book"]),
                            SilenceBook.from_dict(data["silences"]),
                            HealthBoard.from_dict(data["health"], self.stale_ms),
-                           data["stream_ms"], data["forwarded_ms"], data["fed"])
+                           data["stream_ms"], data["forwarded_ms"], data["fed"], data["taken"])
 
     def snapshot(self, state: AlertsState) -> bytes:
         return json.dumps({"book": state.book.to_dict(), "silences": state.silences.to_dict(),
                            "health": state.health.to_dict(), "stream_ms": state.stream_ms,
-                           "forwarded_ms": state.forwarded_ms, "fed": state.fed}).encode()
+                           "forwarded_ms": state.forwarded_ms, "fed": state.fed,
+                           "taken": state.taken}).encode()
 
     async def process(self, partition: int, state: AlertsState, event: Any) -> bool:
         started = time.perf_counter()
@@ -136,7 +141,9 @@ class AlertsStage(CheckpointedStage[AlertsState]):
         rerouted = False
         try:
             if short == CONDITIONS:
-                self._internal(partition, state, value)
+                sequence = sequence_of(event.message.headers)
+                if sequence is None or first_time(state.taken, *sequence):
+                    self._internal(partition, state, value)
             elif short == EVENTS:
                 self._change(partition, state, value)
             else:

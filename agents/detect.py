@@ -8,6 +8,7 @@ the wrong partition are re-produced keyed by service, bad ones dead-lettered.
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +22,14 @@ from pipeline.aggregate_codec import decode_windows
 from pipeline.anomaly import DetectConfig, Detected, DetectState
 from pipeline.app import Vigil
 from pipeline.codec import CodecError, decode, encode
-from pipeline.envelope import wrap
+from pipeline.envelope import sequence_header, wrap
 from pipeline.ingest import dead_letter, partition_for
 from pipeline.rules import RuleSet, load_rules
 from pipeline.selfmetrics import CONSUMED_MESSAGES, PROCESSING_SECONDS, REPARTITIONED
 from pipeline.settings import Settings
 from pipeline.sinks.timescale import ANOMALIES
+
+_NUMBERED = struct.Struct("<Q")
 
 
 @dataclass
@@ -38,6 +41,13 @@ class DetectPartition:
     # the alerts stage, whose timers (keep_firing_for) only move with its own input.
     stream_ms: int = 0
     forwarded_ms: int = 0
+    numbered: int = 0  # AlertConditions made so far (`owe`); the alert stage drops repeats
+
+    def owe(self, judged: Detected) -> None:
+        """Output to write at the next checkpoint; its conditions are numbered now, as they
+        are made, so a replay from the snapshot numbers them alike."""
+        self.pending.extend(judged)
+        self.numbered += len(judged.conditions)
 
 
 def detect_config(settings: Settings) -> DetectConfig:
@@ -74,10 +84,12 @@ class DetectStage(CheckpointedStage[DetectPartition]):
                                                                 grace_ms=r.grace_ms)))
 
     def restore(self, blob: bytes) -> DetectPartition:
-        return DetectPartition(DetectState.restore(blob, self.config, self.rules))
+        (numbered,) = _NUMBERED.unpack_from(blob)
+        return DetectPartition(DetectState.restore(blob[_NUMBERED.size:], self.config,
+                                                   self.rules), numbered=numbered)
 
     def snapshot(self, state: DetectPartition) -> bytes:
-        return state.core.snapshot()
+        return _NUMBERED.pack(state.numbered) + state.core.snapshot()
 
     def _catalog(self, service: str) -> dict[str, Any] | None:
         return self.vigil.catalog.get(service) if self.vigil.catalog else None
@@ -107,7 +119,7 @@ class DetectStage(CheckpointedStage[DetectPartition]):
             state.stream_ms = max(state.stream_ms, record["window_end_ms"] + self.grace_ms)
             judged = state.core.add_window(record, self._catalog)
             if judged:
-                state.pending.extend(judged)
+                state.owe(judged)
 
     def _change(self, partition: int, state: DetectPartition, event: Any) -> bool:
         """True when the event was re-produced to the partition that owns its service."""
@@ -139,7 +151,7 @@ class DetectStage(CheckpointedStage[DetectPartition]):
         and the stage has read all there is, so a replay (e.g. after a restore in the middle
         of a window) still finds the window open."""
         if state.core.has_group and not state.heard and self._caught_up(partition):
-            state.pending.extend(state.core.close_group(self._catalog))
+            state.owe(state.core.close_group(self._catalog))
         state.heard = False
         return bool(state.pending)
 
@@ -155,6 +167,7 @@ class DetectStage(CheckpointedStage[DetectPartition]):
 
     async def flush(self, partition: int, state: DetectPartition) -> None:
         out, state.pending = state.pending, Detected()
+        first = state.numbered - len(out.conditions) + 1
         clock = None
         if state.stream_ms >= state.forwarded_ms + self.step_ms:
             clock = {"source": f"{self.name}/{partition}", "ts_ms": state.stream_ms}
@@ -167,9 +180,10 @@ class DetectStage(CheckpointedStage[DetectPartition]):
         for record in out.anomalies:
             outbox.add("anomalies", record["affected_service"].encode(),
                        encode("PerformanceAnomalyDetectedEvent", record))
-        for condition in out.conditions:
+        for number, condition in enumerate(out.conditions, first):
             outbox.add("internal.conditions", condition["labels"].get("service", "").encode(),
-                       wrap("AlertCondition", condition))
+                       wrap("AlertCondition", condition),
+                       headers=sequence_header(f"{self.name}/{partition}", number))
         if clock is not None:  # after the conditions it covers; same partition number
             outbox.add("internal.conditions", None, wrap("StreamTime", clock),
                        partition=partition)

@@ -37,6 +37,7 @@ from agents.ingest import origin_of
 from pipeline.app import Vigil
 from pipeline.catalog import Catalog, ServiceInfo
 from pipeline.codec import CodecError, decode, encode
+from pipeline.envelope import first_time
 from pipeline.incident_config import load_incident_config
 from pipeline.incidents import (
     ACKNOWLEDGED,
@@ -189,10 +190,7 @@ class IncidentsStage(CheckpointedStage[IncidentsState]):
         origin, _, number = key.decode().rpartition("/")
         if not origin or not number.isdigit():
             raise ValueError("key: expected <origin>/<partition>/<number>")
-        if int(number) <= state.taken.get(origin, -1):
-            return None
-        state.taken[origin] = int(number)
-        return origin, int(number)
+        return (origin, int(number)) if first_time(state.taken, origin, int(number)) else None
 
     @staticmethod
     def _advance(state: IncidentsState, ts_ms: int) -> int:

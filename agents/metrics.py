@@ -16,6 +16,7 @@ from agents.ingest import origin_of
 from pipeline.aggregate import Aggregator, WindowAggregates
 from pipeline.aggregate_codec import COPY_COLUMNS, AggregateEncoder, windows_messages
 from pipeline.app import Vigil
+from pipeline.envelope import first_time, header
 from pipeline.ingest import MetricsDoor, rejected_dead_letters
 from pipeline.metricbatch import LabelLimits
 from pipeline.selfmetrics import (
@@ -79,10 +80,8 @@ class MetricsStage(CheckpointedStage[MetricsState]):
         _CONSUMED.inc()
         origin = origin_of(event, self.settings.partitions)
         source = rerouted_from(event.message.headers)
-        if source is not None:
-            if source[1] <= state.rerouted_upto.get(source[0], -1):
-                return False  # a copy re-routed again by a replayed source
-            state.rerouted_upto[source[0]] = source[1]
+        if source is not None and not first_time(state.rerouted_upto, *source):
+            return False  # a copy re-routed again by a replayed source
         admitted = self.door.admit(event.value, origin)
         self.dead_letters.add(admitted.dead_letters)
         for reason, samples in admitted.dead_samples.items():
@@ -150,12 +149,11 @@ _MARKS = struct.Struct("<I")
 
 def rerouted_from(headers: Any) -> tuple[int, int] | None:
     """(source partition, source offset) of a re-routed copy, from its header."""
-    items = headers.items() if isinstance(headers, dict) else (headers or ())
-    for name, value in items:
-        if name == REROUTED_HEADER and value:
-            partition, _, offset = value.decode().partition(":")
-            return int(partition), int(offset)
-    return None
+    value = header(headers, REROUTED_HEADER)
+    if not value:
+        return None
+    partition, _, offset = value.decode().partition(":")
+    return int(partition), int(offset)
 
 
 def register(vigil: Vigil) -> None:

@@ -29,7 +29,7 @@ from agents.ingest import check, origin_of
 from pipeline.aggregate_codec import decode_windows
 from pipeline.app import Vigil
 from pipeline.codec import CodecError, decode, encode
-from pipeline.envelope import wrap
+from pipeline.envelope import sequence_header, wrap
 from pipeline.ingest import dead_letter, partition_for
 from pipeline.selfmetrics import CONSUMED_MESSAGES, PROCESSING_SECONDS
 from pipeline.sinks.timescale import SLO_STATUS
@@ -79,6 +79,7 @@ class SloPartition:
         self.tracked = {slo.name: Tracked(slo, SloState(slo.window_minutes)) for slo in slos}
         self.clocks = {WINDOWS: _NO_TIME, HEALTH: _NO_TIME}
         self.dropped = 0  # input for minutes already reported (late, or repeated)
+        self.numbered = 0  # conditions sent so far; the alert stage drops repeats
         self.statuses: list[SloStatus] = []  # owed, drained by the caller
         self.conditions: list[BurnAlert] = []
 
@@ -143,10 +144,11 @@ class SloPartition:
     # -- snapshots: a JSON header, then each SLO's ring snapshot -----------------------
 
     def snapshot(self) -> bytes:
-        header = {"clocks": self.clocks, "dropped": self.dropped, "slos": [
-            {"name": name, "done": t.done, "active": sorted(t.active),
-             "seen": {str(m): sorted(s) for m, s in t.seen.items()}}
-            for name, t in self.tracked.items()]}
+        slos = [{"name": name, "done": t.done, "active": sorted(t.active),
+                 "seen": {str(m): sorted(s) for m, s in t.seen.items()}}
+                for name, t in self.tracked.items()]
+        header = {"clocks": self.clocks, "dropped": self.dropped, "numbered": self.numbered,
+                  "slos": slos}
         rings = [t.state.to_bytes() for t in self.tracked.values()]
         parts = [json.dumps(header).encode(), *rings]
         lengths = np.array([len(p) for p in parts], dtype=_LENGTH)
@@ -168,6 +170,7 @@ class SloPartition:
         part = cls(partition, slos, width_s, grace_ms)
         part.clocks = header["clocks"]
         part.dropped = header["dropped"]
+        part.numbered = header["numbered"]
         for saved, ring in zip(header["slos"], parts[1:], strict=True):
             tracked = part.tracked.get(saved["name"])
             if tracked is None:
@@ -275,8 +278,10 @@ class SloStage(CheckpointedStage[SloPartition]):
             outbox.add("slo", status.slo.encode(), encode("SloStatus", status.to_record()))
         self.rows.setdefault(partition, []).extend(map(status_row, statuses))
         for alert in alerts:
+            state.numbered += 1
             outbox.add("internal.conditions", alert.service.encode(),
-                       wrap("AlertCondition", condition(alert)))
+                       wrap("AlertCondition", condition(alert)),
+                       headers=sequence_header(f"{self.name}/{partition}", state.numbered))
         PROCESSING_SECONDS.labels(source).observe(time.perf_counter() - started)
         return False
 

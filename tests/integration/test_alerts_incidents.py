@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from pipeline.alerts import fingerprint
 from pipeline.codec import decode, encode
-from pipeline.envelope import wrap
+from pipeline.envelope import sequence_header, wrap
 from pipeline.ingest import partition_for
 from pipeline.kafka import client_config, create_topics
 from pipeline.local.servers import Endpoints
@@ -76,10 +76,12 @@ class Bus:
         self.seen: dict[str, list[tuple[Message, str, dict[str, Any] | None]]] = \
             defaultdict(list)
 
-    def send(self, short: str, key: str, value: bytes) -> tuple[int, int, int]:
+    def send(self, short: str, key: str, value: bytes,
+             headers: list[tuple[str, str | bytes | None]] | None = None
+             ) -> tuple[int, int, int]:
         """Produce and wait for it: (partition, offset, timestamp ms)."""
         done: list[Message] = []
-        self.producer.produce(self.settings.topic(short), value, key.encode(),
+        self.producer.produce(self.settings.topic(short), value, key.encode(), headers=headers,
                               on_delivery=lambda err, msg: done.append(msg))
         self.producer.flush(30)
         [message] = done
@@ -87,12 +89,15 @@ class Bus:
         return message.partition(), message.offset(), message.timestamp()[1]
 
     def condition(self, service: str, ts_ms: int, active: bool = True,
-                  alertname: str = "HighErrorRate", severity: str = "warning") -> int:
+                  alertname: str = "HighErrorRate", severity: str = "warning",
+                  number: int | None = None) -> tuple[int, int, int]:
+        """Sent like the detect stage's, numbered as its partition 0's if `number` is given."""
         record = {"labels": labels(service, alertname, severity),
                   "annotations": {"summary": f"{alertname} on {service}"}, "source": "rule",
                   "active": active, "pulse": False, "ts_ms": ts_ms, "for_ms": 0,
                   "keep_firing_for_ms": 0}
-        return self.send("internal.conditions", service, wrap("AlertCondition", record))[2]
+        return self.send("internal.conditions", service, wrap("AlertCondition", record),
+                         None if number is None else sequence_header("detect/0", number))
 
     def poll(self) -> None:
         while (message := self.consumer.poll(0.05)) is not None:
@@ -189,9 +194,14 @@ def scenario(settings: Settings, bus: Bus, worker: Worker, crash: bool) -> Worke
     bus.wait("incidents", "IncidentEvent", lambda r: r["event"] == "ACKNOWLEDGED",
              "the cascade acknowledged")
 
-    # An unrelated service: a second incident.
-    bus.condition("search", T0 + 90 * S)
+    # An unrelated service: a second incident. Its conditions are numbered, and repeated
+    # as a restored detect stage replays them: the repeat of the older, inactive one must
+    # not resolve the alert (the story has it fire and resolve once).
+    bus.condition("search", T0 + 85 * S, active=False, number=1)
+    bus.condition("search", T0 + 90 * S, number=2)
     bus.fed(fp("search"), "firing")
+    bus.condition("search", T0 + 85 * S, active=False, number=1)
+    bus.consumed("internal.conditions", *bus.condition("search", T0 + 90 * S, number=2)[:2])
 
     # Silenced by feedback: wait until the silence reached cache's partition first.
     bus.send("feedback", "cache", feedback(T0 + 100 * S, "cache-silence", "SILENCE",
@@ -333,7 +343,7 @@ def latency_ms(bus: Bus, samples: int) -> np.ndarray:
     found = []
     for i in range(samples):
         service = f"latency-{i:03d}"
-        sent = bus.condition(service, T0 + (700 + i) * S)
+        sent = bus.condition(service, T0 + (700 + i) * S)[2]
         [(message, _)] = bus.wait("incidents", "IncidentEvent",
                                   lambda r, s=service: r["services"] == [s], service)
         found.append(message.timestamp()[1] - sent)
