@@ -229,20 +229,37 @@ class CheckpointedStage(ABC, Generic[S]):
         one it expects sends the consumer back to the missing ones (again every
         REREAD_RETRY_S until they come); replayed records it holds are skipped as after any
         restart."""
+        tp = TP(message.topic, message.partition)
         if self._rereading:
-            tp = TP(message.topic, message.partition)
             reread = self._rereading.get(tp)
             if reread is not None:
                 if message.offset > reread.seen_at:
                     return False  # read before the seek; it comes again in order
                 del self._rereading[tp]  # the seek took effect: what is absent does not exist
                 return True
-        if last is None or message.offset <= last + 1:
+        first = last + 1 if last is not None else await self._start_of(tp)
+        if first is None or message.offset <= first:
             return True
         log.warning("%s stage missed %s[%d] offsets %d..%d; reading them again", self.name,
-                    message.topic, message.partition, last + 1, message.offset - 1)
-        await self._reread(TP(message.topic, message.partition), last + 1, message.offset)
+                    message.topic, message.partition, first, message.offset - 1)
+        await self._reread(tp, first, message.offset)
         return False
+
+    async def _start_of(self, tp: TP) -> int | None:
+        """Where the input of a state that holds none of it starts: the first record the
+        broker has, whatever the group committed. Faust drops records around a rebalance,
+        and they can be a partition's very first ones, where no hole would show; and a
+        committed offset without the checkpoint that acknowledged it (a changelog that lost
+        it) would skip input silently. Reading all there is costs time only: sinks are
+        idempotent and downstream stages drop repeats."""
+        try:
+            found = await self.vigil.app.consumer.earliest_offsets(tp)
+        except Exception as exc:  # the broker is away: take the input as it comes
+            log.warning("%s stage could not look up where %s[%d] starts (%s); taking it "
+                        "from the first record received", self.name, tp.topic, tp.partition,
+                        exc)
+            return None
+        return int(found.get(tp, 0))
 
     async def _reread(self, tp: TP, first: int, seen_at: int) -> None:
         self._rereading[tp] = Reread(first, seen_at, time.monotonic())

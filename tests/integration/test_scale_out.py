@@ -227,8 +227,14 @@ def test_two_workers_share_partitions_and_survive_a_kill(
             wait_for(lambda: window_count(dsn) >= len(expected), 180,
                      f"{len(expected)} windows (two workers, one killed)")
             got = wait_until_done(scaled)
+    differences = {table: ([r for r in want if r not in got[table]],
+                           [r for r in got[table] if r not in want])
+                   for table, want in reference.items()}
+    report = "\n".join(f"{table}: missing {missing[:8]}\n  extra {extra[:8]}"
+                       for table, (missing, extra) in differences.items() if missing or extra)
+    said = "\n".join(f"{w.log_path.name}: {line}" for w in (survivor, victim)
+                     for line in w.log_text().splitlines()
+                     if ("[WARNING]" in line or "[ERROR]" in line) and "Heartbeat" not in line)
+    assert not report, f"{report}\n--- what the workers warned of ---\n{said}"
     for table, want in reference.items():
-        missing = [r for r in want if r not in got[table]]
-        extra = [r for r in got[table] if r not in want]
-        assert not missing and not extra, f"{table}: missing {missing[:5]}, extra {extra[:5]}"
         assert got[table] == want, table

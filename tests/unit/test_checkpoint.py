@@ -38,6 +38,10 @@ class Stand:
         self.consumer = self
         self.flow_control = SimpleNamespace(is_active=lambda: True)
         self._committed_offset: dict[Any, int] = {}  # Faust's record of committed offsets
+        self.starts: dict[tuple[str, int], int] = {}  # first offsets the broker still has
+
+    async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+        return {tp: self.starts.get((tp.topic, tp.partition), 0) for tp in tps}
 
     async def seek(self, tp: Any, offset: int) -> None:
         self.seeks.append((tp.topic, tp.partition, offset))
@@ -147,6 +151,25 @@ def test_records_the_stage_never_received_are_read_again_before_what_follows() -
     feed(stage, 3, 4, 5, 6, 7)
     assert part.state == [b"%d" % i for i in range(8)] and part.offsets == {"t.metrics": 7}
     assert stage._rereading == {}
+
+
+def test_a_stage_without_a_checkpoint_starts_where_its_partition_starts() -> None:
+    stage, stand = fragile()
+    feed(stage, 2, 3)  # 0 and 1 were dropped around a rebalance before the stage saw them
+    assert stand.seeks == [("t.metrics", 1, 0)] and stage.partitions[1].state == []
+    feed(stage, 0, 1, 2, 3)
+    assert stage.partitions[1].state == [b"0", b"1", b"2", b"3"]
+    # Where retention removed the oldest records, the partition starts after them.
+    stage, stand = fragile()
+    stand.starts[("t.metrics", 1)] = 5
+    feed(stage, 5, 6)
+    assert stand.seeks == [] and stage.partitions[1].state == [b"5", b"6"]
+    # An offset the group committed does not count without a checkpoint that holds the
+    # records before it.
+    stage, stand = fragile()
+    stand._committed_offset[TP("t.metrics", 1)] = 7
+    feed(stage, 7)
+    assert stand.seeks == [("t.metrics", 1, 0)]
 
 
 def test_offsets_that_hold_no_record_are_passed_after_one_look() -> None:
