@@ -39,6 +39,9 @@ from pipeline.silence import SilenceBook
 from pipeline.sinks.timescale import ALERT_EVENTS, ALERTS
 
 CONDITIONS, EVENTS, HEALTH = "internal.conditions", "events", "health"
+CLOCKS = {"detect": ("rule", "anomaly", "deadman"), "slo": ("slo",), HEALTH: ("health",)}
+"""Each stage or topic that drives alerts, and the alert sources that move on its time."""
+CLOCK_OF = {source: clock for clock, sources in CLOCKS.items() for source in sources}
 FEED = "internal.incident-feed"
 SERVICE_DOWN = "ServiceDown"
 
@@ -96,6 +99,9 @@ class AlertsState:
     silences: SilenceBook
     health: HealthBoard
     stream_ms: int = 0  # largest ts_ms seen on the partition
+    # Event time of each source of alerts (CLOCKS): the alerts of a source move on its time
+    # alone, since sources run at different delays (see `pipeline.alerts`).
+    clocks: dict[str, int] = field(default_factory=dict)
     forwarded_ms: int = 0  # event time last forwarded to the incident stage
     fed: int = 0  # records numbered for the incident feed so far
     # Condition source (a detect or SLO partition) → the last number applied: a replay
@@ -124,11 +130,13 @@ class AlertsStage(CheckpointedStage[AlertsState]):
         return AlertsState(AlertBook.from_dict(data["book"]),
                            SilenceBook.from_dict(data["silences"]),
                            HealthBoard.from_dict(data["health"], self.stale_ms),
-                           data["stream_ms"], data["forwarded_ms"], data["fed"], data["taken"])
+                           data["stream_ms"], data["clocks"], data["forwarded_ms"],
+                           data["fed"], data["taken"])
 
     def snapshot(self, state: AlertsState) -> bytes:
         return json.dumps({"book": state.book.to_dict(), "silences": state.silences.to_dict(),
                            "health": state.health.to_dict(), "stream_ms": state.stream_ms,
+                           "clocks": state.clocks,
                            "forwarded_ms": state.forwarded_ms, "fed": state.fed,
                            "taken": state.taken}).encode()
 
@@ -170,7 +178,7 @@ class AlertsStage(CheckpointedStage[AlertsState]):
             state.silences.on_feedback(record)  # the broadcast only carries SILENCE
             return
         if kind == "StreamTime":  # detect's event time: one-shot alerts expire on time
-            self._advance(partition, state, record["ts_ms"])
+            self._advance(partition, state, record["ts_ms"], record["source"].split("/")[0])
             return
         if kind != "AlertCondition":
             raise ValueError(f"InternalMessage.kind: {kind!r} is not AlertCondition, "
@@ -184,7 +192,7 @@ class AlertsStage(CheckpointedStage[AlertsState]):
                                  record["active"], ts, record["for_ms"],
                                  record["keep_firing_for_ms"])
         self._emit(partition, state, found)
-        self._advance(partition, state, ts)
+        self._advance(partition, state, ts, CLOCK_OF[record["source"]])
 
     def _change(self, partition: int, state: AlertsState, value: bytes) -> None:
         try:
@@ -196,7 +204,7 @@ class AlertsStage(CheckpointedStage[AlertsState]):
         key = change["service"].encode()
         if key and partition_for(key, self.settings.partitions) == partition:
             state.silences.on_change(change)  # else detect re-produces it to its partition
-            self._advance(partition, state, change["ts_ms"])
+            self._advance(partition, state, change["ts_ms"], None)
 
     def _health(self, partition: int, state: AlertsState, result: dict[str, Any]) -> None:
         changed = state.health.report(result)
@@ -208,22 +216,25 @@ class AlertsStage(CheckpointedStage[AlertsState]):
                        else f"{result['instance']} of {service} recovered")
             self._emit(partition, state, state.book.observe(
                 labels, {"summary": summary}, "health", down, result["ts_ms"]))
-        self._advance(partition, state, result["ts_ms"])
+        self._advance(partition, state, result["ts_ms"], HEALTH)
 
-    def _advance(self, partition: int, state: AlertsState, ts_ms: int) -> None:
-        """After each input: alerts due by stream time change; if stream time moved on,
-        silences end and the incident stage hears of it every step."""
-        moved = ts_ms > state.stream_ms
-        state.stream_ms = max(ts_ms, state.stream_ms)
-        self._emit(partition, state, state.book.tick(state.stream_ms))
-        if not moved:
+    def _advance(self, partition: int, state: AlertsState, ts_ms: int,
+                 clock: str | None) -> None:
+        """After each input: the alerts of its source (`clock`) that are due by that
+        source's time change; if stream time moved on, silences that ended before every
+        source's time are dropped, and the incident stage hears of it every step."""
+        if clock is not None:
+            now = state.clocks[clock] = max(ts_ms, state.clocks.get(clock, 0))
+            self._emit(partition, state, state.book.tick(now, CLOCKS[clock]))
+        if ts_ms <= state.stream_ms:
             return
-        if len(state.silences):
-            state.silences.expire(ts_ms)
+        state.stream_ms = ts_ms
+        if len(state.silences) and state.clocks:
+            state.silences.expire(min(state.clocks.values()))
         if ts_ms >= state.forwarded_ms + self.step_ms:
             state.forwarded_ms = ts_ms
-            clock = {"source": f"{self.name}/{partition}", "ts_ms": ts_ms}
-            self._feed(partition, state, wrap("StreamTime", clock))
+            self._feed(partition, state, wrap("StreamTime", {"source": f"{self.name}/{partition}",
+                                                             "ts_ms": ts_ms}))
 
     def _emit(self, partition: int, state: AlertsState, found: list[Transition]) -> None:
         for transition in found:

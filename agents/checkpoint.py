@@ -263,7 +263,15 @@ class CheckpointedStage(ABC, Generic[S]):
 
     async def _reread(self, tp: TP, first: int, seen_at: int) -> None:
         self._rereading[tp] = Reread(first, seen_at, time.monotonic())
-        await self.vigil.app.consumer.seek(tp, first)
+        await self.vigil.app.consumer.seek(tp, self._seek_target(tp))
+
+    def _seek_target(self, tp: TP) -> int:
+        """Stages that read one topic (detection and SLOs read `internal.windows`) share
+        the consumer's position: a seek goes back as far as any of them needs, so that no
+        stage's seek carries the position past records another is reading again (which it
+        would then take as absent)."""
+        return min(reread.first for stage in (self, *self.vigil.stages.values())
+                   if (reread := getattr(stage, "_rereading", {}).get(tp)) is not None)
 
     async def _reread_tails(self, now: float) -> None:
         """Send the consumer back to the tail of a partition where records are missing
@@ -305,7 +313,7 @@ class CheckpointedStage(ABC, Generic[S]):
         for tp, reread in self._rereading.items():
             if now - reread.sought >= REREAD_RETRY_S:
                 reread.sought = now
-                await self.vigil.app.consumer.seek(tp, reread.first)
+                await self.vigil.app.consumer.seek(tp, self._seek_target(tp))
 
     async def _process(self, partition: int, state: S, event: Any) -> bool:
         """`process`, except that input it fails on (a bug, since bad input is refused with

@@ -132,6 +132,8 @@ def main() -> None:
             arrivals.join()
             grace_ms = int(run.settings.grace_s * 1000)
             seconds = latencies(sent, arrivals.seen, grace_ms, run.settings.partitions)
+            assert run.worker is not None
+            inside = run.worker.metrics()
         finally:
             run.stop()
     ms = seconds * 1000
@@ -140,6 +142,26 @@ def main() -> None:
           f"{ms.size:,} records of windows closed by traffic: window close → record on "
           f"vigil.aggregates p50 {np.percentile(ms, 50):.0f} ms, "
           f"p99 {np.percentile(ms, 99):.0f} ms, max {ms.max():.0f} ms")
+    for buckets, what in (
+            ("vigil_window_close_delay_seconds_bucket{", "window closable → durable"),
+            ('vigil_db_write_seconds_bucket{table="metric_aggregates"', "aggregates' COPY")):
+        print(f"  in the worker, {what}: p50 ≤ {bucket_bound(inside, buckets, 0.5)}, "
+              f"p99 ≤ {bucket_bound(inside, buckets, 0.99)} (histogram bounds)")
+
+
+def bucket_bound(metrics: dict[str, float], buckets: str, q: float) -> str:
+    """The upper bound of the histogram bucket holding quantile `q` (samples named
+    `buckets…`, summed)."""
+    counts: dict[float, float] = defaultdict(float)
+    for sample, value in metrics.items():
+        if sample.startswith(buckets):
+            bound = sample.split('le="')[1].split('"')[0]
+            counts[float(bound)] += value
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return "n/a"
+    found = next(b for b, c in sorted(counts.items()) if c >= q * total)
+    return f"{found * 1000:g} ms" if found != float("inf") else "inf"
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ alertnames.
 Time is event time passed in by the caller, never the wall clock. An observation is
 presumed to hold until the next observation of the same alert, so time-driven transitions
 are stamped at the moment they fell due, whether found by :meth:`AlertBook.tick` or by a
-later observation: the output does not depend on how often ``tick`` runs.
+later observation: the output does not depend on how often ``tick`` runs. ``tick`` can be
+limited to alerts of some sources, so that each source's alerts move on that source's own
+clock: a faster one (health results arrive at once, rule conditions only after their
+window closes) must not fire a pending rule alert before the observation that clears it.
 
 Sources that only ever report "true" (anomalies: one event per anomalous window) use
 :meth:`AlertBook.pulse`: active now, cleared at once, so the alert stays firing while new
@@ -39,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -144,6 +147,7 @@ class Alert:
     keep_firing_for_ms: int
     updated_at_ms: int
     cleared_at_ms: int | None = None  # first "false" observation while firing
+    episode: int = 0  # earlier episodes of this alert that started and ended at active_at_ms
 
     @property
     def service(self) -> str:
@@ -163,7 +167,7 @@ class Alert:
     def transition(self, status: str, at_ms: int) -> Transition:
         ended = at_ms if status == RESOLVED else None
         return Transition(
-            event_id=f"{self.fingerprint}:{self.active_at_ms}:{status}",
+            event_id=f"{self.fingerprint}:{self.active_at_ms}{self._nth()}:{status}",
             fingerprint=self.fingerprint,
             alertname=self.labels["alertname"],
             service=self.labels["service"],
@@ -177,6 +181,9 @@ class Alert:
             updated_at_ms=at_ms,
         )
 
+    def _nth(self) -> str:
+        return f".{self.episode}" if self.episode else ""
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "fingerprint": self.fingerprint,
@@ -189,6 +196,7 @@ class Alert:
             "keep_firing_for_ms": self.keep_firing_for_ms,
             "updated_at_ms": self.updated_at_ms,
             "cleared_at_ms": self.cleared_at_ms,
+            "episode": self.episode,
         }
 
     @classmethod
@@ -207,9 +215,12 @@ class AlertBook:
 
     _alerts: dict[str, Alert] = field(default_factory=dict)
     _by_service: dict[str, dict[str, Alert]] = field(default_factory=dict)
-    _timers: list[tuple[int, str]] = field(default_factory=list)
+    _timers: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # per source
     _scheduled: dict[str, int] = field(default_factory=dict)  # earliest live timer per alert
     _changed: dict[str, None] = field(default_factory=dict)  # ordered set
+    # Alerts that ended the moment they started (fingerprint → start, episode, source): a
+    # new episode starting that same moment gets the next number, so event ids stay unique.
+    _instants: dict[str, tuple[int, int, str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self._alerts)
@@ -248,7 +259,7 @@ class AlertBook:
         if active:
             if alert is None:
                 alert = Alert(fp, checked, dict(annotations), source, PENDING, now_ms, for_ms,
-                              keep_firing_for_ms, now_ms)
+                              keep_firing_for_ms, now_ms, episode=self._episode(fp, now_ms))
                 self._alerts[fp] = alert
                 self._by_service.setdefault(alert.service, {})[fp] = alert
                 if for_ms > 0:
@@ -263,7 +274,7 @@ class AlertBook:
             alert.updated_at_ms = now_ms
             alert.for_ms, alert.keep_firing_for_ms = for_ms, keep_firing_for_ms
             if alert.state == PENDING:
-                self._forget(alert)
+                self._forget(alert, now_ms)
                 out.append(alert.transition(RESOLVED, now_ms))
             else:
                 if alert.cleared_at_ms is None:
@@ -288,11 +299,20 @@ class AlertBook:
         out += self.observe(labels, annotations, source, False, now_ms, 0, keep_firing_for_ms)
         return out
 
-    def tick(self, now_ms: int) -> list[Transition]:
-        """Apply every transition that has fallen due by ``now_ms``, in (due, fingerprint)
-        order."""
+    def tick(self, now_ms: int, sources: Iterable[str] = SOURCES) -> list[Transition]:
+        """Apply every transition of alerts from these sources that has fallen due by
+        ``now_ms``: source by source, in (due, fingerprint) order."""
         out: list[Transition] = []
-        timers = self._timers
+        for source in sources:
+            timers = self._timers.get(source)
+            if timers:
+                self._tick(timers, now_ms, out)
+        if self._instants:  # no new episode can start at an instant its source has passed
+            self._instants = {fp: i for fp, i in self._instants.items()
+                              if i[0] >= now_ms or i[2] not in sources}
+        return out
+
+    def _tick(self, timers: list[tuple[int, str]], now_ms: int, out: list[Transition]) -> None:
         while timers and timers[0][0] <= now_ms:
             due, fp = heapq.heappop(timers)
             if self._scheduled.get(fp) != due:
@@ -309,7 +329,6 @@ class AlertBook:
                 self._changed[fp] = None
                 out.extend(due_now)
             self._schedule(alert)
-        return out
 
     def take_changes(self) -> dict[str, dict[str, Any] | None]:
         """Alerts changed since the last call: fingerprint → state dict, or None if gone."""
@@ -328,12 +347,19 @@ class AlertBook:
         if alert.state == FIRING and alert.cleared_at_ms is not None:
             due = alert.cleared_at_ms + alert.keep_firing_for_ms
             if due <= now_ms:
-                self._forget(alert)
+                self._forget(alert, due)
                 out.append(alert.transition(RESOLVED, due))
         return out
 
-    def _forget(self, alert: Alert) -> None:
+    def _episode(self, fp: str, start_ms: int) -> int:
+        instant = self._instants.pop(fp, None)
+        return instant[1] + 1 if instant is not None and instant[0] == start_ms else 0
+
+    def _forget(self, alert: Alert, ended_ms: int) -> None:
+        if ended_ms == alert.active_at_ms:
+            self._instants[alert.fingerprint] = (ended_ms, alert.episode, alert.source)
         del self._alerts[alert.fingerprint]
+        self._scheduled.pop(alert.fingerprint, None)  # its timer, maybe in another source's
         same_service = self._by_service[alert.service]
         del same_service[alert.fingerprint]
         if not same_service:
@@ -350,10 +376,11 @@ class AlertBook:
         current = self._scheduled.get(fp)
         if current is None or due < current:
             self._scheduled[fp] = due
-            heapq.heappush(self._timers, (due, fp))
+            heapq.heappush(self._timers.setdefault(alert.source, []), (due, fp))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"alerts": [a.to_dict() for a in self._alerts.values()]}
+        return {"alerts": [a.to_dict() for a in self._alerts.values()],
+                "instants": [[fp, *instant] for fp, instant in self._instants.items()]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AlertBook:
@@ -363,4 +390,6 @@ class AlertBook:
             book._alerts[alert.fingerprint] = alert
             book._by_service.setdefault(alert.service, {})[alert.fingerprint] = alert
             book._schedule(alert)
+        book._instants = {fp: (start, episode, source)
+                          for fp, start, episode, source in data.get("instants", ())}
         return book

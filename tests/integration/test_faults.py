@@ -46,13 +46,13 @@ pytestmark = pytest.mark.integration
 
 SERVICES = ("flt-a", "flt-b", "flt-e", "flt-k", "flt-c")
 """flt-c alone on partition 0 of 2, with an SLO that never burns; the others, where the
-rules fire, on partition 1. Two things still merge streams in an order a fault can change:
-the alert stage reads the detect and the SLO stages' conditions from one topic in arrival
-order, and the incident stage, which orders the alert partitions by event time, releases
-what it holds whenever the whole worker is idle, as it is while the broker is away with
-one partition's input delivered further than another's. So alerts come from one partition
-and one condition source (with 4 partitions, flt-b and flt-e apart, even an undisturbed
-run can release them in another order than the next); the SLO's status rows are compared."""
+rules fire, on partition 1. The incident stage, which orders the alert partitions by event
+time, still releases what it holds whenever the whole worker is idle, as it is while the
+broker is away with one partition's input delivered further than another's; and the alert
+stage's inhibition sees the other sources' alerts as they arrive. So alerts come from one
+partition and one condition source (with 4 partitions, flt-b and flt-e apart, even an
+undisturbed run can release them in another order than the next); the SLO's status rows
+are compared."""
 PARTITIONS = 2
 SECONDS = 480  # of event time, in one message per service per STEP_S
 STEP_S = 5

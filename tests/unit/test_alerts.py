@@ -54,6 +54,31 @@ def test_unknown_source_and_negative_durations_are_rejected() -> None:
         AlertBook().observe(LAT, {}, "rule", True, 0, for_ms=-1)
 
 
+def test_an_episode_that_ends_where_it_starts_gives_the_next_one_its_own_ids() -> None:
+    # A health check flaps with identical timestamps: down, up, down again at one instant.
+    book = AlertBook()
+    out = book.observe(ERR, {}, "health", True, 10 * S)
+    out += book.observe(ERR, {}, "health", False, 10 * S)
+    restored = AlertBook.from_dict(json.loads(json.dumps(book.to_dict())))  # a snapshot
+    out += restored.observe(ERR, {}, "health", True, 10 * S)
+    out += restored.observe(ERR, {}, "health", False, 20 * S)
+    fp = fingerprint(ERR)
+    assert [t.event_id for t in out] == [f"{fp}:10000:firing", f"{fp}:10000:resolved",
+                                         f"{fp}:10000.1:firing", f"{fp}:10000.1:resolved"]
+    assert restored.tick(11 * S) == [] and restored.to_dict()["instants"] == []
+
+
+def test_tick_moves_only_the_alerts_of_the_sources_named() -> None:
+    book = AlertBook()
+    book.observe(LAT, {}, "rule", True, 0, for_ms=60 * S)
+    book.observe(ERR, {}, "slo", True, 0, for_ms=60 * S)
+    assert book.tick(90 * S, ("health", "anomaly")) == []
+    assert [(t.alertname, t.status) for t in book.tick(90 * S, ("slo",))] == [
+        ("ErrorRate", FIRING)]
+    assert [(t.alertname, t.updated_at_ms) for t in book.tick(90 * S)] == [
+        ("HighLatency", 60 * S)]
+
+
 def test_for_zero_fires_at_once_without_pending() -> None:
     book = AlertBook()
     [t] = book.observe(ERR, {"summary": "5xx"}, "rule", True, 10 * S)

@@ -172,6 +172,21 @@ def test_a_stage_without_a_checkpoint_starts_where_its_partition_starts() -> Non
     assert stand.seeks == [("t.metrics", 1, 0)]
 
 
+def test_stages_that_share_a_topic_seek_back_as_far_as_either_needs() -> None:
+    windows, stand = fragile()
+    slos = Fragile(windows.vigil)
+    windows.vigil.stages.update(windows=windows, slos=slos)
+    feed(windows, 0, 1, 2)
+    feed(slos, 5)  # a state that holds nothing starts at the partition's start: from 0
+    assert stand.seeks == [("t.metrics", 1, 0)]
+    feed(windows, 5)  # ... which the other stage also sees first: its hole is 3..4
+    assert stand.seeks == [("t.metrics", 1, 0)] * 2  # not 3: the first stage needs 0..2
+    for stage in (windows, slos):
+        feed(stage, 0, 1, 2, 3, 4, 5, 6)
+    assert windows.partitions[1].state == slos.partitions[1].state == [
+        b"%d" % i for i in range(7)]
+
+
 def test_offsets_that_hold_no_record_are_passed_after_one_look() -> None:
     stage, stand = fragile()
     # 3 holds no record (a transaction marker, or deleted by retention): after the seek the
