@@ -25,7 +25,9 @@ class CatalogView:
         self._decoded: dict[bytes, dict[str, Any]] = {}
 
     def get(self, service: str) -> dict[str, Any] | None:
-        raw = self.table.get(service.encode())
+        """Reads the table's store directly (the detection thread calls this too; Faust's
+        own `get` also updates its sensors, which are not meant for other threads)."""
+        raw = self.table.data.get(service.encode())
         if raw is None:
             return None
         info = self._decoded.get(raw)

@@ -20,6 +20,7 @@ import struct
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -31,6 +32,7 @@ from pipeline.ingest import dead_letter
 from pipeline.selfmetrics import CHECKPOINTED_MESSAGES
 
 S = TypeVar("S")
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 MAX_CHECKPOINTS_IN_FLIGHT = 4
@@ -107,6 +109,16 @@ class CheckpointedStage(ABC, Generic[S]):
     name: str  # table name and metrics label
     min_checkpoint_interval_s: float = 0.0
     """Stages whose snapshots are large raise this so they are written less often."""
+    output_at_cut: bool = False
+    """True for a stage whose `flush_all` produces its records before its first `await`:
+    its output then leaves in checkpoint order as it is cut, and a checkpoint need not wait
+    for the previous one's database write (the database takes writes in turn, and the
+    committer makes checkpoints durable in order)."""
+    own_thread: bool = False
+    """Stages whose work comes in pieces of tens of milliseconds or more (detection judges
+    hundreds of series at once and snapshots megabytes of models) do it in a thread of
+    their own (`off_loop`): on the event loop it would hold up every other stage's output
+    that long (window close → record on vigil.aggregates has a latency target)."""
 
     def __init__(self, vigil: Vigil) -> None:
         self.vigil = vigil
@@ -132,6 +144,8 @@ class CheckpointedStage(ABC, Generic[S]):
         self._waiting_since: dict[TP, float] = {}  # behind, since the last record came
         self._tails_checked = 0.0
         self.dead_letters = DeadLetterBox(vigil.outbox, vigil.database)  # written by `flush`
+        self._thread = (ThreadPoolExecutor(1, thread_name_prefix=self.name)
+                        if self.own_thread else None)
 
     # -- what a stage defines ------------------------------------------------------------
 
@@ -166,6 +180,15 @@ class CheckpointedStage(ABC, Generic[S]):
     async def tick(self, partition: int, state: S) -> bool:
         """Timer hook for time-driven work (e.g. alert expiry); True if output is waiting."""
         return False
+
+    async def off_loop(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)`, in the stage's own thread if it has one: the loop then runs at
+        every GIL switch meanwhile. Call it with the stage's lock held (`process`, `tick`),
+        so that nothing on the loop touches the state at the same time and the work stays
+        in input order."""
+        if self._thread is None:
+            return work(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
 
     # -- the mechanism -----------------------------------------------------------------
 
@@ -364,8 +387,9 @@ class CheckpointedStage(ABC, Generic[S]):
         flush starts when the previous one has written. Input keeps flowing meanwhile, so
         that processing overlaps the database write, until a partition holds
         AHEAD_OF_WRITE_MESSAGES unacknowledged records; then it waits (a database outage
-        holds input there)."""
-        return (self._last_write is None or self._last_write.done()
+        holds input there). A stage whose output leaves at the cut (`output_at_cut`) cuts
+        whenever due; MAX_CHECKPOINTS_IN_FLIGHT then holds its input in an outage."""
+        return (self.output_at_cut or self._last_write is None or self._last_write.done()
                 or len(part.pending) >= AHEAD_OF_WRITE_MESSAGES)
 
     async def _checkpoint(self, now: float) -> None:
@@ -376,7 +400,8 @@ class CheckpointedStage(ABC, Generic[S]):
         the snapshots taken next hold none of it; the committer makes that output durable,
         then publishes the snapshots, then acks — in checkpoint order.
         """
-        if self._last_write is not None and not self._last_write.done():
+        if (not self.output_at_cut and self._last_write is not None
+                and not self._last_write.done()):
             await asyncio.wait([self._last_write])  # see `_may_cut`
         cut = [(number, part) for number, part in self.partitions.items()
                if part.due(now) or part.joins(now)]
@@ -388,7 +413,10 @@ class CheckpointedStage(ABC, Generic[S]):
         for number, part in cut:
             offsets = json.dumps(part.offsets).encode()
             started = time.monotonic()
-            blob = _HEADER.pack(len(offsets)) + offsets + self.snapshot(part.state)
+            blob = _HEADER.pack(len(offsets)) + offsets + await self.off_loop(
+                self.snapshot, part.state)
+            if self.partitions.get(number) is not part:
+                continue  # revoked meanwhile: its next owner restores the last checkpoint
             snapshots.append((number, blob, part.pending))
             part.pending = []
             part.output_waiting = False

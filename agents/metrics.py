@@ -48,6 +48,7 @@ class MetricsState:
 
 class MetricsStage(CheckpointedStage[MetricsState]):
     name = "aggregate"
+    output_at_cut = True  # see `flush_all`
 
     def __init__(self, vigil: Vigil) -> None:
         super().__init__(vigil)
@@ -113,27 +114,29 @@ class MetricsStage(CheckpointedStage[MetricsState]):
     async def flush_all(self, cut: list[tuple[int, MetricsState]]) -> None:
         """Every partition's closed windows in one COPY: windows of all partitions close
         within milliseconds of each other, and one write each would queue them behind one
-        another (window close → outbound record is a latency target)."""
+        another (window close → outbound record is a latency target). The records are
+        produced first, before any `await`: they leave in checkpoint order and travel to
+        the broker while the COPY runs. Input is acknowledged only once both are durable;
+        a crash in between repeats records with the same key and content."""
         closed = [window for _, state in cut for window in state.closed]
+        closable_since = [state.closable_since for _, state in cut
+                          if state.closable_since is not None]
         for _, state in cut:
-            state.closed = []
+            state.closed, state.closable_since = [], None
         encoded = [self.encoder.encode(window, self._catalog) for window in closed]
-        for window in closed:
-            WINDOWS_CLOSED.labels(str(window.width_s)).inc(len(window))
-        await self.vigil.database.upsert_copy(
-            METRIC_AGGREGATES, COPY_COLUMNS, [r for e in encoded for r in e.rows])
-        await self.dead_letters.write()
         outbox = self.vigil.outbox
-        for out in encoded:
+        for window, out in zip(closed, encoded, strict=True):
+            WINDOWS_CLOSED.labels(str(window.width_s)).inc(len(window))
             outbox.add_many("aggregates", zip([s.encode() for s in out.series_ids],
                                               out.records, strict=True))
             outbox.add_many("internal.windows", ((service.encode(), payload)
                                                  for service, payload in windows_messages(out)))
+        await self.vigil.database.upsert_copy(
+            METRIC_AGGREGATES, COPY_COLUMNS, [r for e in encoded for r in e.rows])
+        await self.dead_letters.write()
         finished = time.perf_counter()
-        for _, state in cut:
-            if state.closable_since is not None:
-                WINDOW_CLOSE_DELAY.observe(finished - state.closable_since)
-                state.closable_since = None
+        for since in closable_since:
+            WINDOW_CLOSE_DELAY.observe(finished - since)
         ACTIVE_SERIES.set(sum(p.state.aggregator.series_count
                               for p in self.partitions.values()))
 

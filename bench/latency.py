@@ -42,13 +42,14 @@ INTERVAL_MS = 1000
 
 
 class Arrivals(threading.Thread):
-    """Consumes `vigil.aggregates` from its start; the wall time each record was first held,
-    by (service, width_s, window_start_ms)."""
+    """Consumes `vigil.aggregates` from its start and notes the wall time each record was
+    first held; records are decoded only afterwards (`seen`), so that decoding them does
+    not delay the next ones' arrival."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(daemon=True)
         self.settings = settings
-        self.seen: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+        self.held: list[tuple[float, bytes]] = []
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -59,16 +60,21 @@ class Arrivals(threading.Thread):
                          for p in range(self.settings.partitions)])
         try:
             while not self.stopping.is_set():
-                batch = consumer.consume(1000, timeout=0.05)
-                now = time.time()  # before decoding: that is the measurement's own time
-                for message in batch:
-                    if message.error() is not None:
-                        continue
-                    record = decode("WindowAggregate", message.value() or b"")
-                    self.seen[(record["service"], record["width_s"],
-                               record["window_start_ms"])].append(now)
+                # One at a time: `consume(n, timeout)` waits out its timeout unless n
+                # records come, which would add up to that much to what is measured.
+                message = consumer.poll(0.05)
+                if message is not None and message.error() is None:
+                    self.held.append((time.time(), message.value() or b""))
         finally:
             consumer.close()
+
+    def seen(self) -> dict[tuple[str, int, int], list[float]]:
+        """When each record was held, by (service, width_s, window_start_ms)."""
+        found: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+        for now, value in self.held:
+            record = decode("WindowAggregate", value)
+            found[(record["service"], record["width_s"], record["window_start_ms"])].append(now)
+        return found
 
 
 def produce_live(run: Run, workload: Workload) -> dict[int, tuple[list[int], list[float]]]:
@@ -131,7 +137,7 @@ def main() -> None:
             arrivals.stopping.set()
             arrivals.join()
             grace_ms = int(run.settings.grace_s * 1000)
-            seconds = latencies(sent, arrivals.seen, grace_ms, run.settings.partitions)
+            seconds = latencies(sent, arrivals.seen(), grace_ms, run.settings.partitions)
             assert run.worker is not None
             inside = run.worker.metrics()
         finally:
@@ -142,19 +148,19 @@ def main() -> None:
           f"{ms.size:,} records of windows closed by traffic: window close → record on "
           f"vigil.aggregates p50 {np.percentile(ms, 50):.0f} ms, "
           f"p99 {np.percentile(ms, 99):.0f} ms, max {ms.max():.0f} ms")
-    for buckets, what in (
-            ("vigil_window_close_delay_seconds_bucket{", "window closable → durable"),
-            ('vigil_db_write_seconds_bucket{table="metric_aggregates"', "aggregates' COPY")):
-        print(f"  in the worker, {what}: p50 ≤ {bucket_bound(inside, buckets, 0.5)}, "
-              f"p99 ≤ {bucket_bound(inside, buckets, 0.99)} (histogram bounds)")
+    for histogram, label, what in (
+            ("vigil_window_close_delay_seconds", "", "window closable → durable"),
+            ("vigil_db_write_seconds", 'table="metric_aggregates"', "aggregates' COPY")):
+        print(f"  in the worker, {what}: p50 ≤ {bucket_bound(inside, histogram, label, 0.5)}, "
+              f"p99 ≤ {bucket_bound(inside, histogram, label, 0.99)} (histogram bounds)")
 
 
-def bucket_bound(metrics: dict[str, float], buckets: str, q: float) -> str:
-    """The upper bound of the histogram bucket holding quantile `q` (samples named
-    `buckets…`, summed)."""
+def bucket_bound(metrics: dict[str, float], histogram: str, label: str, q: float) -> str:
+    """The upper bound of the bucket of `histogram` holding quantile `q`, over its samples
+    carrying `label`."""
     counts: dict[float, float] = defaultdict(float)
     for sample, value in metrics.items():
-        if sample.startswith(buckets):
+        if sample.startswith(f"{histogram}_bucket{{") and label in sample:
             bound = sample.split('le="')[1].split('"')[0]
             counts[float(bound)] += value
     total = counts.get(float("inf"), 0.0)

@@ -6,6 +6,8 @@ follows them."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -339,3 +341,90 @@ def test_a_partition_that_fell_due_during_a_write_is_cut_when_it_ends(
 
     asyncio.run(run())
     assert stage.writes == [[1], [2]]
+
+
+def test_a_stage_whose_output_leaves_at_the_cut_cuts_while_a_write_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = recording()
+    stage.output_at_cut = True
+    clock = [100.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    stage.partitions = {1: waiting(clock[0] - OUTPUT_DELAY_S)}
+
+    async def run() -> list[list[int]]:
+        stage._committer = asyncio.get_running_loop().create_future()  # jobs stay queued
+        await stage._checkpoint(clock[0])
+        clock[0] += OUTPUT_DELAY_S
+        stage.partitions[2] = waiting(0.0)
+        await stage.on_timer()  # the first write has not ended
+        return [[n for n, _, _ in stage._jobs.get_nowait()[1]] for _ in range(2)]
+
+    assert asyncio.run(run()) == [[1], [2]]  # queued for the committer in cut order
+    assert stage.writes == [[1], [2]]
+
+
+class Threaded(Recording):
+    """Works and snapshots in a thread of its own; the snapshot waits for `go`."""
+
+    own_thread = True
+
+    def __init__(self, vigil: Any) -> None:
+        super().__init__(vigil)
+        self.threads: set[str] = set()
+        self.go = threading.Event()
+        self.go.set()
+
+    def snapshot(self, state: list[bytes]) -> bytes:
+        self.threads.add(threading.current_thread().name)
+        assert self.go.wait(10)
+        return b"".join(state)
+
+    async def process(self, partition: int, state: list[bytes], event: Any) -> bool:
+        return await self.off_loop(self._take, state, event.value)
+
+    def _take(self, state: list[bytes], value: bytes) -> bool:
+        self.threads.add(threading.current_thread().name)
+        state.append(value)
+        return False
+
+
+def threaded() -> Threaded:
+    stand = Stand()
+    vigil = SimpleNamespace(app=stand, settings=Settings(), outbox=stand, database=stand,
+                            recovering=lambda: False, stages={}, busy=lambda: False)
+    return Threaded(vigil)  # type: ignore[arg-type]
+
+
+def test_a_stage_with_a_thread_of_its_own_works_and_snapshots_there_in_order() -> None:
+    stage = threaded()
+    stage.release.set()
+
+    async def run() -> list[tuple[int, bytes, list[Any]]]:
+        for offset in range(3):
+            await stage.on_event(event(offset, b"%d" % offset))
+        stage._committer = asyncio.get_running_loop().create_future()  # jobs stay queued
+        await stage._checkpoint(time.monotonic() + CHECKPOINT_EVERY_S)
+        return stage._jobs.get_nowait()[1]
+
+    [(number, blob, acked)] = asyncio.run(run())
+    assert number == 1 and blob.endswith(b"012") and len(acked) == 3
+    assert stage.threads == {"fragile_0"}  # never the event loop's thread
+
+
+def test_a_partition_revoked_while_its_snapshot_is_taken_is_not_published() -> None:
+    stage = threaded()
+    stage.release.set()
+    stage.partitions = {1: waiting(0.0), 2: waiting(0.0)}
+    stage.go.clear()
+
+    async def run() -> list[int]:
+        stage._committer = asyncio.get_running_loop().create_future()  # jobs stay queued
+        cutting = asyncio.ensure_future(stage._checkpoint(CHECKPOINT_EVERY_S))
+        while not stage.threads:  # the first snapshot is being taken
+            await asyncio.sleep(0.001)
+        stage.forget({1})  # a rebalance hands partition 1 over meanwhile
+        stage.go.set()
+        await cutting
+        return [number for number, _, _ in stage._jobs.get_nowait()[1]]
+
+    assert asyncio.run(run()) == [2]
