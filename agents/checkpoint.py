@@ -19,10 +19,10 @@ import logging
 import struct
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from faust.types import TP
 
@@ -51,7 +51,11 @@ BACKLOG_RECORDS = 100
 """A partition at least this many records behind its end is catching up: its output is
 late by the backlog anyway, so it is checkpointed every CHECKPOINT_EVERY_S (or _MESSAGES)
 and one database write and one snapshot carry a second's results, not 50 ms's."""
-_HEADER = struct.Struct("<I")
+_MAGIC = b"VGCK"
+_HEADER = struct.Struct("<4sHI")  # _MAGIC, the state's format, the offsets' JSON length
+_UNNUMBERED = struct.Struct("<I")
+"""Checkpoints written before formats were numbered: the offsets' JSON length, then a
+snapshot in format 1."""
 TAIL_REREAD_S = 10.0
 """How long a stage waits for records its partition holds before reading them again: Faust
 also drops records it has fetched when flow stops or the generation changes mid-batch, and
@@ -103,10 +107,23 @@ class Partition(Generic[S]):
                 and now - self.last_checkpoint >= self.min_interval)
 
 
+class StateFormatError(Exception):
+    """A changelog holds a snapshot this build cannot read. Misread, it would corrupt
+    results, and left behind, the state it holds would be lost: the worker stops instead."""
+
+
 class CheckpointedStage(ABC, Generic[S]):
     """Subclasses say how to make, restore, snapshot and feed their state."""
 
     name: str  # table name and metrics label
+    state_format: int = 1
+    """The layout `snapshot` writes, saved with every checkpoint. Change the layout, and
+    this goes up by one with a step from the previous format in `upgrades`: a changelog
+    written by the previous build is then upgraded as it is restored, instead of misread
+    (tests/unit/test_state_formats.py holds a snapshot of every format and fails until the
+    new one is there)."""
+    upgrades: ClassVar[Mapping[int, Callable[[bytes], bytes]]] = {}
+    """Format n → a snapshot in format n + 1, for each earlier format this build restores."""
     min_checkpoint_interval_s: float = 0.0
     """Stages whose snapshots are large raise this so they are written less often."""
     output_at_cut: bool = False
@@ -201,11 +218,27 @@ class CheckpointedStage(ABC, Generic[S]):
                 found = Partition(self.new_state(number), {},
                                   min_interval=self.min_checkpoint_interval_s)
             else:
-                offsets, size = _offsets(saved)
-                found = Partition(self.restore(saved[size:]), offsets,
-                                  min_interval=self.min_checkpoint_interval_s)
+                offsets, state_format, start = _unpack(saved)
+                found = Partition(self.restore(self._upgrade(number, state_format,
+                                                             saved[start:])),
+                                  offsets, min_interval=self.min_checkpoint_interval_s)
             self.partitions[number] = found
         return found
+
+    def _upgrade(self, number: int, state_format: int, blob: bytes) -> bytes:
+        """A saved snapshot in this build's format."""
+        while state_format < self.state_format and state_format in self.upgrades:
+            blob = self.upgrades[state_format](blob)
+            state_format += 1
+        if state_format != self.state_format:
+            readable = [*sorted(self.upgrades), self.state_format]
+            raise StateFormatError(
+                f"the {self.name} stage's checkpoint of partition {number} holds state in "
+                f"format {state_format}; this build reads format(s) "
+                f"{', '.join(map(str, readable))}. Its changelog was written by another "
+                f"build: run one that reads format {state_format} (the build that wrote it, "
+                f"or a later one that upgrades it)")
+        return blob
 
     def _offsets(self, number: int) -> dict[str, int]:
         """The offsets a partition's state includes, without restoring it."""
@@ -213,7 +246,7 @@ class CheckpointedStage(ABC, Generic[S]):
         if found is not None:
             return found.offsets
         saved = self.table.get(_key(number))
-        return {} if saved is None else _offsets(saved)[0]
+        return {} if saved is None else _unpack(saved)[0]
 
     async def on_event(self, event: Any) -> None:
         async with self.lock:
@@ -221,7 +254,12 @@ class CheckpointedStage(ABC, Generic[S]):
             now = time.monotonic()
             tp = TP(message.topic, message.partition)
             self._waiting_since.pop(tp, None)
-            part = self.partition(message.partition)
+            try:
+                part = self.partition(message.partition)
+            except StateFormatError as exc:
+                log.critical("%s", exc)
+                await self.vigil.app.crash(exc)
+                raise
             if not await self._in_sequence(message, part.offsets.get(message.topic)):
                 return  # not acknowledged: it comes again after the records before it
             part.pending.append(event)
@@ -413,8 +451,8 @@ class CheckpointedStage(ABC, Generic[S]):
         for number, part in cut:
             offsets = json.dumps(part.offsets).encode()
             started = time.monotonic()
-            blob = _HEADER.pack(len(offsets)) + offsets + await self.off_loop(
-                self.snapshot, part.state)
+            blob = (_HEADER.pack(_MAGIC, self.state_format, len(offsets)) + offsets
+                    + await self.off_loop(self.snapshot, part.state))
             if self.partitions.get(number) is not part:
                 continue  # revoked meanwhile: its next owner restores the last checkpoint
             snapshots.append((number, blob, part.pending))
@@ -533,8 +571,13 @@ def _key(partition: int) -> bytes:
     return f"p{partition}".encode()
 
 
-def _offsets(saved: bytes) -> tuple[dict[str, int], int]:
-    """A saved checkpoint's offsets, and where the state's snapshot starts."""
-    (size,) = _HEADER.unpack_from(saved)
-    end = _HEADER.size + size
-    return json.loads(saved[_HEADER.size:end]), end
+def _unpack(saved: bytes) -> tuple[dict[str, int], int, int]:
+    """A saved checkpoint's offsets, the format of its state, and where the state starts."""
+    if saved.startswith(_MAGIC):
+        _, state_format, size = _HEADER.unpack_from(saved)
+        start = _HEADER.size
+    else:  # its first four bytes would be a length of over a gigabyte
+        (size,) = _UNNUMBERED.unpack_from(saved)
+        state_format, start = 1, _UNNUMBERED.size
+    end = start + size
+    return json.loads(saved[start:end]), state_format, end

@@ -6,6 +6,7 @@ follows them."""
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from agents.checkpoint import (
     TAIL_REREAD_S,
     CheckpointedStage,
     Partition,
+    StateFormatError,
 )
 from pipeline.codec import decode
 from pipeline.settings import Settings
@@ -41,6 +43,10 @@ class Stand:
         self.flow_control = SimpleNamespace(is_active=lambda: True)
         self._committed_offset: dict[Any, int] = {}  # Faust's record of committed offsets
         self.starts: dict[tuple[str, int], int] = {}  # first offsets the broker still has
+        self.crashed: list[BaseException] = []
+
+    async def crash(self, reason: BaseException) -> None:
+        self.crashed.append(reason)
 
     async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
         return {tp: self.starts.get((tp.topic, tp.partition), 0) for tp in tps}
@@ -428,3 +434,71 @@ def test_a_partition_revoked_while_its_snapshot_is_taken_is_not_published() -> N
         return [number for number, _, _ in stage._jobs.get_nowait()[1]]
 
     assert asyncio.run(run()) == [2]
+
+
+class Versioned(Recording):
+    """State in format 2 is its records joined by commas; format 1 joined them by
+    semicolons."""
+
+    state_format = 2
+    upgrades = {1: lambda blob: blob.replace(b";", b",")}
+
+    def restore(self, blob: bytes) -> list[bytes]:
+        return blob.split(b",") if blob else []
+
+    def snapshot(self, state: list[bytes]) -> bytes:
+        return b",".join(state)
+
+
+def versioned() -> tuple[Versioned, Stand]:
+    stand = Stand()
+    vigil = SimpleNamespace(app=stand, settings=Settings(), outbox=stand, database=stand,
+                            recovering=lambda: False, stages={}, busy=lambda: False)
+    return Versioned(vigil), stand  # type: ignore[arg-type]
+
+
+def saved(state_format: int | None, snapshot: bytes, offsets: bytes = b'{"t.metrics": 1}'
+          ) -> bytes:
+    """A checkpoint as the changelog holds it; None: as written before formats were
+    numbered."""
+    if state_format is None:
+        return struct.pack("<I", len(offsets)) + offsets + snapshot
+    return b"VGCK" + struct.pack("<HI", state_format, len(offsets)) + offsets + snapshot
+
+
+def test_a_checkpoint_says_the_format_of_its_state() -> None:
+    stage, _ = versioned()
+    stage.release.set()
+
+    async def run() -> bytes:
+        for offset in range(2):
+            await stage.on_event(event(offset, b"%d" % offset))
+        stage._committer = asyncio.get_running_loop().create_future()  # jobs stay queued
+        await stage._checkpoint(time.monotonic() + CHECKPOINT_EVERY_S)
+        return stage._jobs.get_nowait()[1][0][1]
+
+    assert asyncio.run(run()) == saved(2, b"0,1")
+    restored, _ = versioned()
+    restored.table[b"p1"] = saved(2, b"0,1")
+    assert restored.partition(1).state == [b"0", b"1"]
+
+
+@pytest.mark.parametrize("state_format", [None, 1])
+def test_a_checkpoint_of_an_earlier_format_is_upgraded_as_it_is_restored(
+        state_format: int | None) -> None:
+    stage, _ = versioned()
+    stage.table[b"p1"] = saved(state_format, b"0;1")
+    feed(stage, 0, 1, 2)  # 0 and 1 are in the checkpoint
+    assert stage.partitions[1].state == [b"0", b"1", b"2"]
+
+
+@pytest.mark.parametrize("state_format", [3, 0])
+def test_a_checkpoint_in_a_format_this_build_cannot_read_stops_the_worker(
+        state_format: int) -> None:
+    stage, stand = versioned()
+    stage.table[b"p1"] = saved(state_format, b"0,1")
+    with pytest.raises(StateFormatError) as refused:
+        feed(stage, 2)
+    assert stand.crashed == [refused.value] and 1 not in stage.partitions
+    assert (f"the fragile stage's checkpoint of partition 1 holds state in format "
+            f"{state_format}; this build reads format(s) 1, 2.") in str(refused.value)
