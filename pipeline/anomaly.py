@@ -390,8 +390,9 @@ class DetectState:
     # -- persistence ---------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """Header JSON, then one frame per detector; only dirty detectors are serialised."""
-        for key in self._dirty:
+        """Header JSON, then one frame per detector; only dirty detectors are serialised
+        (in key order: the same state gives the same bytes in every process)."""
+        for key in sorted(self._dirty):
             state = compress(self._detectors[key].to_bytes())
             encoded = key.encode()
             self._frames[key] = (_FRAME.pack(len(encoded), self._last_ms[key], len(state))
