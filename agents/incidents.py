@@ -14,7 +14,13 @@ does depends on order (is it still open when its escalation falls due?), so numb
 records are held and applied in event-time order across partitions
 (`pipeline.watermark.WatermarkMerge`): the same order in every run and after a crash.
 Held records are released when every partition has passed them, when the fastest is
-`incident_max_skew_s` ahead, or when the whole worker is idle.
+`incident_max_skew_s` ahead, or when nothing more can come. Every alert partition is
+expected from the start; one that has not spoken stops holding the others back once the
+consumer group has committed everything upstream of it (`UPSTREAM`, on whichever worker
+reads it) and the feed has been read as far as it reached then: whatever that partition
+made is here. The same look, over every partition, decides when to release everything:
+"this worker is idle" alone cannot tell a finished input from a partition another worker
+(or a dead one) holds, or a broker that is away.
 
 Stream time is the largest ts_ms applied (alert updates, feedback, forwarded event time);
 correlation and escalation run on it. Incident rules live in pipeline/incidents.py; their
@@ -24,12 +30,16 @@ escalation: {L1, L2, L3}, default_tier) and `runbooks.yaml` (alertname → actio
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
+from faust.types import TP
 from psycopg.types.json import Jsonb
 
 from agents.checkpoint import CheckpointedStage
@@ -47,6 +57,7 @@ from pipeline.incidents import (
     IncidentBook,
 )
 from pipeline.ingest import dead_letter
+from pipeline.kafka import client_config, group_progress
 from pipeline.selfmetrics import (
     CONSUMED_MESSAGES,
     HELD_FEED_RECORDS,
@@ -57,6 +68,19 @@ from pipeline.sinks.timescale import ALERT_INCIDENT, INCIDENT_EVENTS, INCIDENTS
 from pipeline.watermark import WatermarkMerge
 
 FEED = "internal.incident-feed"
+UPSTREAM = ("metrics", "internal.windows", "internal.conditions", "health", "events")
+"""What the alert stage's partition p feeds comes from partition p of these."""
+LOOK_EVERY_S = 1.0
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where the consumer group stood upstream of the feed, at one look."""
+
+    progress: dict[tuple[str, int], tuple[int, int]]  # (topic, partition): committed, end
+    feed_end: int  # the feed's end, read after the commits: it holds what they made
+    started: float  # monotonic time the look began
 
 
 # -- the stage ------------------------------------------------------------------------------
@@ -93,16 +117,23 @@ class IncidentsStage(CheckpointedStage[IncidentsState]):
         super().__init__(vigil)
         self.config = load_incident_config(vigil.settings.config_dir)
         self.max_skew_ms = round(vigil.settings.incident_max_skew_s * 1000)
+        self.origins = {f"alerts/{p}": p for p in range(vigil.settings.partitions)}
+        self.feed_topic = vigil.settings.topic(FEED)
+        self.upstream: Upstream | None = None  # the last look, None when it failed
+        self._looked = 0.0
+        self._looking: asyncio.Future[None] | None = None
+        self._group: Consumer | None = None
+        self._idle_since: float | None = None  # this worker has been idle since
 
     def new_state(self, partition: int) -> IncidentsState:
         return IncidentsState(IncidentBook(self.config), Catalog(),
-                              WatermarkMerge(self.max_skew_ms))
+                              WatermarkMerge(self.max_skew_ms, self.origins))
 
     def restore(self, blob: bytes) -> IncidentsState:
         data = json.loads(blob)
         return IncidentsState(
             IncidentBook.from_dict(data["book"], self.config), Catalog.from_dict(data["catalog"]),
-            WatermarkMerge.from_dict(data["merge"], self.max_skew_ms),
+            WatermarkMerge.from_dict(data["merge"], self.max_skew_ms, self.origins),
             data["stream_ms"], data["taken"],
             {i: Extra(**extra) for i, extra in data["extras"].items()})
 
@@ -136,13 +167,82 @@ class IncidentsStage(CheckpointedStage[IncidentsState]):
         return bool(state.records or state.incidents or state.links or len(self.dead_letters))
 
     async def tick(self, partition: int, state: IncidentsState) -> bool:
-        """Release everything held once nothing more can come: this stage has read the
-        whole feed and no other stage has input to read or output to write."""
-        if len(state.merge) and not self.behind() and not self.vigil.busy(besides=self):
-            for kind, record in state.merge.drain():
-                self._take(state, kind, record)
-            HELD_FEED_RECORDS.set(0)
+        """Let partitions with nothing on its way stop holding the others back, and release
+        everything held once nothing more can come: this worker is idle (no stage has input
+        to read or output to write), and a look begun since then found no input upstream
+        that no stage has taken (local highwaters can be stale: a broker just back)."""
+        merge = state.merge
+        if not len(merge) and not merge.unheard():
+            return self._output_waiting(state)
+        idle = not self.behind() and not self.vigil.busy(besides=self)
+        now = time.monotonic()
+        if not idle:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+        upstream = self.upstream
+        self._look_upstream(now, urgent=self._idle_since is not None and len(merge) > 0 and (
+            upstream is None or upstream.started < self._idle_since))
+        if upstream is None or self._offsets(partition).get(self.feed_topic, -1) + 1 \
+                < upstream.feed_end:
+            return self._output_waiting(state)
+        behind = self._behind_upstream(upstream)
+        merge.quiet(o for o, p in self.origins.items() if p not in behind)
+        released = merge.ready()
+        if self._idle_since is not None and upstream.started >= self._idle_since and not behind:
+            released += merge.drain()
+        for kind, record in released:
+            self._take(state, kind, record)
+        HELD_FEED_RECORDS.set(len(merge))
         return self._output_waiting(state)
+
+    def _behind_upstream(self, upstream: Upstream) -> set[int]:
+        """Partitions with input upstream that has not been taken all the way: not committed
+        by the group, and not processed here by stages with nothing left to send either
+        (commits trail the work by up to a second; this worker's own progress is known)."""
+        readers: dict[str, list[CheckpointedStage[Any]]] = {}
+        for stage in self.vigil.stages.values():
+            for topic in getattr(stage, "input_topics", ()):
+                readers.setdefault(topic, []).append(stage)
+        assigned = self.vigil.app.consumer.assignment()
+        behind = set()
+        for (topic, p), (committed, end) in upstream.progress.items():
+            if committed >= end:
+                continue
+            if TP(topic, p) in assigned and readers.get(topic) and all(
+                    not stage.busy() and stage._offsets(p).get(topic, -1) + 1 >= end
+                    for stage in readers[topic]):
+                continue
+            behind.add(p)
+        return behind
+
+    def _look_upstream(self, now: float, urgent: bool) -> None:
+        """Every LOOK_EVERY_S (at once when `urgent`), in the background: the look is a few
+        broker round trips."""
+        if (self._looking is not None and not self._looking.done()) \
+                or (now - self._looked < LOOK_EVERY_S and not urgent):
+            return
+        self._looked = now
+
+        async def look() -> None:
+            try:
+                self.upstream = await asyncio.get_running_loop().run_in_executor(
+                    None, self._read_upstream, now)
+            except Exception as exc:  # the broker is away: release nothing on its account
+                log.debug("incident stage: upstream look failed: %s", exc)
+                self.upstream = None
+
+        self._looking = asyncio.ensure_future(look())
+
+    def _read_upstream(self, started: float) -> Upstream:
+        s = self.settings
+        if self._group is None:
+            self._group = Consumer({**client_config(s), "group.id": f"{s.topic_prefix}worker",
+                                    "enable.auto.commit": False})
+        progress = group_progress(self._group, [s.topic(t) for t in UPSTREAM], s.partitions)
+        _, end = self._group.get_watermark_offsets(
+            TopicPartition(self.feed_topic, 0), timeout=5, cached=False)
+        return Upstream(progress, end, started)
 
     def _apply(self, state: IncidentsState, key: bytes, value: bytes) -> None:
         message = decode("InternalMessage", value)
@@ -159,7 +259,7 @@ class IncidentsStage(CheckpointedStage[IncidentsState]):
         origin, number = numbered
         record = decode(kind, payload)
         if kind == "AlertEvent":
-            state.merge.hold(origin, number, (kind, record))
+            state.merge.hold(origin, number, (kind, record), record["updated_at_ms"])
         elif kind == "StreamTime":
             state.merge.clock(origin, number, record["ts_ms"], (kind, record))
         elif kind == "Feedback":

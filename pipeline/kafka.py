@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.settings import Settings
@@ -82,3 +83,20 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
     return sorted(created)
+
+
+def group_progress(group: Consumer, topics: list[str], partitions: int,
+                   timeout_s: float = 5.0) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) → (the consumer group's committed offset, the partition's end),
+    where `group`'s group.id names the group (it need not be a member). A partition the
+    group never committed counts from its first record. Raises when the broker does not
+    answer."""
+    wanted = [TopicPartition(topic, p) for topic in topics for p in range(partitions)]
+    found = {}
+    for tp in group.committed(wanted, timeout=timeout_s):
+        if tp.error is not None:
+            raise RuntimeError(f"committed offset of {tp.topic}[{tp.partition}]: {tp.error}")
+        low, high = group.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                timeout=timeout_s, cached=False)
+        found[tp.topic, tp.partition] = (max(tp.offset, low), high)
+    return found

@@ -4,7 +4,10 @@ database must then hold exactly the rows of a single worker fed the same input.
 
 The input is a steady `Workload` of ten services (spread over all four partitions) cut into
 one message per service per 5 s of event time, with a threshold rule on CPU that fires for
-some services; a tick per service at the end closes every window.
+some services on every partition; a tick per service at the end closes every window. The
+incidents those alerts open are compared too: the incident stage orders the partitions'
+alerts by event time, and must neither release ahead of the killed worker's partitions
+while they wait for a new owner nor overtake a partition whose first alert comes late.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ annotations:
 TABLES = {  # table: (columns to leave out, order)
     "metric_aggregates": ("", "series_id, width_s, bucket"),
     "anomalies": ("", "anomaly_id"),
-    "alerts": ("incident_id", "fingerprint"),  # incidents correlate across partitions
+    "alerts": ("", "fingerprint"),
+    "incidents": ("", "incident_id"),  # correlated across partitions: one order in every run
+    "incident_events": ("", "incident_id, event, message, ts"),
     "alert_events": ("", "fingerprint, status, ts"),
     "dead_letters": ("", "topic, partition, \"offset\", reason"),
 }
@@ -198,6 +203,7 @@ def test_two_workers_share_partitions_and_survive_a_kill(
     reference = single_worker_run(base, tmp_path / "single", [*batch, *tail], len(expected))
     assert len(reference["metric_aggregates"]) == len(expected)
     assert reference["alerts"], "the CPU rule fires for some services"
+    assert reference["incidents"], "the alerts open incidents"
 
     with another_database(endpoints) as dsn:
         scaled = base.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:10]}.",
