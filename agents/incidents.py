@@ -146,6 +146,7 @@ class IncidentsStage(CheckpointedStage[IncidentsState]):
 
     async def process(self, partition: int, state: IncidentsState, event: Any) -> bool:
         started = time.perf_counter()
+        self._idle_since = None  # a release needs a look begun after this record
         CONSUMED_MESSAGES.labels(FEED).inc()
         key: bytes = event.key or b""
         value: bytes = event.value or b""
